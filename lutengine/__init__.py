@@ -1,0 +1,16 @@
+"""lutengine: approximate neural-network inference with lookup tables, as Numba kernels.
+
+>>> import lutengine as le
+>>> est = le.LutMatmul(ncodebooks=16).fit(A_train, B)      # doctest: +SKIP
+>>> Y = est.predict(A)                                     # doctest: +SKIP
+"""
+
+from . import config, datasets
+from ._validation import NotFittedError
+from ._warmup import warmup
+from .matmul import LutMatmul, PQMatmul, load
+
+__version__ = "0.1.0"
+
+__all__ = ["LutMatmul", "PQMatmul", "load", "warmup", "NotFittedError", "config", "datasets",
+           "__version__"]

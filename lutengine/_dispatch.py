@@ -1,0 +1,77 @@
+"""Choosing the kernel variant (serial or parallel) and the block sizes, and allocating
+outputs. Results do not depend on the choice (tests/test_kernels.py checks 1 vs 2 threads)."""
+
+import numba
+import numpy as np
+
+from kernels import encode, lut, onehot, scan
+
+from . import config
+
+
+def _parallel(nrows):
+    return numba.get_num_threads() > 1 and nrows >= config.PARALLEL_MIN_ROWS
+
+
+def encode_tree(X, split_dims, thresholds):
+    """uint8 codes (n, C) and whether a NaN/Inf was read."""
+    codes = np.empty((X.shape[0], split_dims.shape[0]), dtype=np.uint8)
+    block = config.ENCODE_BLOCK_ROWS_F if X.flags.f_contiguous and not X.flags.c_contiguous \
+        else config.ENCODE_BLOCK_ROWS_C
+    kernel = encode.encode_tree_parallel if _parallel(X.shape[0]) else encode.encode_tree_serial
+    nonfinite = kernel(X, split_dims, thresholds, codes, block)
+    return codes, nonfinite
+
+
+def encode_pq(X, subspace_cols, subspace_bounds, centroids):
+    codes = np.empty((X.shape[0], subspace_bounds.shape[0] - 1), dtype=np.uint8)
+    kernel = encode.encode_pq_parallel if _parallel(X.shape[0]) else encode.encode_pq_serial
+    nonfinite = kernel(X, subspace_cols, subspace_bounds, centroids, codes, config.SCAN_BLOCK_ROWS)
+    return codes, nonfinite
+
+
+def average_groups(ncodebooks):
+    """Group layout of the averaged accumulation: runs of 16 codebooks, the remainder
+    split into powers of two. Returns (starts, sizes, bias) with the rounding bias
+    Σ size/4 · log2(size) in LUT quanta (maddness.md §4.3)."""
+    sizes = [16] * (ncodebooks // 16)
+    rest = ncodebooks % 16
+    sizes += [s for s in (8, 4, 2, 1) if rest & s]
+    sizes = np.array(sizes, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    bias = float(np.sum(sizes / 4.0 * np.log2(sizes)))
+    return starts, sizes, bias
+
+
+def scan_average(codes, luts_q, scale, offset, out_bias):
+    starts, sizes, bias = average_groups(codes.shape[1])
+    out = np.empty((codes.shape[0], luts_q.shape[2]), dtype=np.float32)
+    kernel = scan.scan_average_parallel if _parallel(codes.shape[0]) else scan.scan_average_serial
+    kernel(codes, luts_q, starts, sizes, np.float32(scale), np.float32(offset), np.float32(bias),
+           out_bias, out, config.SCAN_BLOCK_ROWS)
+    return out
+
+
+def scan_float(codes, luts, out_bias):
+    out = np.empty((codes.shape[0], luts.shape[2]), dtype=np.float32)
+    kernel = scan.scan_float_parallel if _parallel(codes.shape[0]) else scan.scan_float_serial
+    kernel(codes, luts, out_bias, out, config.SCAN_BLOCK_ROWS)
+    return out
+
+
+def build_and_quantize_luts(prototypes, B):
+    """float32 tables (C, 16, M), their uint8 quantisation, per-codebook offsets and scale."""
+    luts = lut.build_luts(prototypes, B)
+    luts_q = np.empty(luts.shape, dtype=np.uint8)
+    kernel = lut.quantize_luts_parallel if numba.get_num_threads() > 1 else lut.quantize_luts_serial
+    mins, scale = kernel(luts, luts_q)
+    return luts, luts_q, mins, np.float32(scale)
+
+
+def onehot_products(codes, A):
+    """(GᵀG, GᵀA) in float64 for the one-hot matrix G of the codes."""
+    par = _parallel(codes.shape[0])
+    gram = (onehot.onehot_gram_parallel if par else onehot.onehot_gram_serial)(codes, config.FIT_CHUNK_ROWS)
+    rowsum = (onehot.onehot_rowsum_parallel if par else onehot.onehot_rowsum_serial)(
+        codes, A, config.FIT_CHUNK_ROWS)
+    return gram, rowsum

@@ -1,0 +1,53 @@
+"""Compile every kernel once on tiny inputs (fills Numba's on-disk cache)."""
+
+import numpy as np
+
+from kernels import encode, lut, onehot, scan, split
+
+from . import _dispatch
+
+
+def warmup():
+    """Compile the serial and parallel variant of every kernel; returns their count."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 8)).astype(np.float32)
+    XF = np.asfortranarray(X)
+    dims = np.arange(8, dtype=np.int64).reshape(2, 4)
+    thresholds = np.zeros((2, 16), dtype=np.float32)
+    codes = np.empty((40, 2), dtype=np.uint8)
+    cols = np.arange(8, dtype=np.int64)
+    bounds = np.array([0, 4, 8], dtype=np.int64)
+    centroids = rng.standard_normal((2, 16, 4)).astype(np.float32)
+    compiled = 0
+    for variant in (encode.encode_tree_serial, encode.encode_tree_parallel):
+        variant(X, dims, thresholds, codes, 8)
+        variant(XF, dims, thresholds, codes, 8)
+        compiled += 1
+    for variant in (encode.encode_pq_serial, encode.encode_pq_parallel):
+        variant(X, cols, bounds, centroids, codes, 8)
+        variant(XF, cols, bounds, centroids, codes, 8)
+        compiled += 1
+    prototypes = rng.standard_normal((2, 16, 8)).astype(np.float32)
+    B = rng.standard_normal((8, 3)).astype(np.float32)
+    luts = lut.build_luts(prototypes, B)
+    luts_q = np.empty(luts.shape, dtype=np.uint8)
+    for variant in (lut.quantize_luts_serial, lut.quantize_luts_parallel):
+        mins, scale = variant(luts, luts_q)
+        compiled += 1
+    starts, sizes, bias = _dispatch.average_groups(2)
+    out = np.empty((40, 3), dtype=np.float32)
+    out_bias = np.zeros(3, dtype=np.float32)
+    for variant in (scan.scan_average_serial, scan.scan_average_parallel):
+        variant(codes, luts_q, starts, sizes, scale, np.float32(0), np.float32(bias), out_bias, out, 8)
+        compiled += 1
+    for variant in (scan.scan_float_serial, scan.scan_float_parallel):
+        variant(codes, luts, out_bias, out, 8)
+        compiled += 1
+    for variant in (onehot.onehot_gram_serial, onehot.onehot_gram_parallel):
+        variant(codes, 16)
+        compiled += 1
+    for variant in (onehot.onehot_rowsum_serial, onehot.onehot_rowsum_parallel):
+        variant(codes, X, 16)
+        compiled += 1
+    split.best_split(X, np.arange(40, dtype=np.int64), 0)
+    return compiled + 2  # + build_luts and best_split

@@ -1,0 +1,17 @@
+"""Tunables passed to the kernels as arguments (never read as globals inside them).
+
+Values were chosen by measurement on a 2-core AVX2 machine (see docs/results/speed.md).
+Tests may monkeypatch them.
+"""
+
+#: rows per block when encoding C-ordered input (the block's rows stay in cache while
+#: every tree reads its 4 columns)
+ENCODE_BLOCK_ROWS_C = 32
+#: rows per block when encoding F-ordered input (split columns are read contiguously)
+ENCODE_BLOCK_ROWS_F = 1024
+#: rows per block in the lookup-accumulate scan
+SCAN_BLOCK_ROWS = 256
+#: rows per chunk of the one-hot products used at fit time
+FIT_CHUNK_ROWS = 8192
+#: below this many rows the serial kernels are used even when threads are available
+PARALLEL_MIN_ROWS = 2048

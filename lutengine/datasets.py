@@ -1,0 +1,268 @@
+"""Checksum-verified loaders for MNIST and Fashion-MNIST IDX files.
+
+Files are searched for in ``data_home``, then ``$LUTENGINE_DATA``, then
+``~/.cache/lutengine``; dataset ``mnist`` lives in ``ROOT/mnist/`` and
+``fashion`` in ``ROOT/fashion-mnist/``. Each file may be gzipped or raw and
+spelled ``train-images-idx3-ubyte`` or ``train-images.idx3-ubyte``.
+"""
+
+import gzip
+import hashlib
+import os
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ENV_VAR = "LUTENGINE_DATA"
+
+_SUBDIRS = {"mnist": "mnist", "fashion": "fashion-mnist"}
+_SPLITS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_FILES = _SPLITS["train"] + _SPLITS["test"]
+
+# SHA-256 of the *uncompressed* IDX bytes (gz containers differ between mirrors).
+# Computed from the reference copies, whose uncompressed MD5s equal the published ones.
+_SHA256 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+    "fashion": {
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+}
+
+_MIRRORS = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    ),
+    "fashion": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ),
+}
+
+_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+# Verified arrays keyed by (path, mtime_ns, size, expected digest).
+_CACHE = {}
+
+
+def _read_bytes(path):
+    """Return the uncompressed bytes of ``path`` (gzip detected by suffix or magic)."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"{path}: corrupt gzip data ({exc})") from exc
+    return raw
+
+
+def _parse_idx(data, path):
+    """Decode IDX ``data`` read from ``path`` into a native-endian array."""
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic {data[:4].hex()!r})")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        kind = "truncated" if len(data) < expected else "oversized"
+        raise ValueError(f"{path}: {kind} IDX data ({len(data)} bytes, expected {expected})")
+    flat = np.frombuffer(data, dtype, offset=header)
+    return flat.astype(dtype.newbyteorder("=")).reshape(shape)
+
+
+def read_idx(path):
+    """Read an IDX file (raw or gzipped) without checksum verification.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    numpy.ndarray
+        Array with the shape and dtype stored in the IDX header.
+    """
+    path = Path(path)
+    return _parse_idx(_read_bytes(path), path)
+
+
+def _verified_idx(path, digest):
+    """Read ``path``, check its uncompressed SHA-256 against ``digest``, cache it."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, digest)
+    if key not in _CACHE:
+        data = _read_bytes(path)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise ValueError(f"{path}: SHA-256 mismatch (expected {digest}, got {actual})")
+        _CACHE[key] = _parse_idx(data, path)
+    return _CACHE[key]
+
+
+def _roots(data_home):
+    """Return the candidate data roots in search order."""
+    roots = [Path(data_home)] if data_home is not None else []
+    if os.environ.get(ENV_VAR):
+        roots.append(Path(os.environ[ENV_VAR]))
+    roots.append(Path.home() / ".cache" / "lutengine")
+    return roots
+
+
+def _locate(folder, stem):
+    """Return the existing file for ``stem`` in ``folder`` under any accepted spelling."""
+    dotted = stem.replace("-idx", ".idx")
+    for name in (stem + ".gz", stem, dotted + ".gz", dotted):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _check_name(name):
+    if name not in _SUBDIRS:
+        raise ValueError(f"unknown dataset {name!r}; valid names are {sorted(_SUBDIRS)}")
+
+
+def find_dataset_dir(name, data_home=None):
+    """Return the first ``ROOT/<subdir>`` folder holding all four files of ``name``.
+
+    Parameters
+    ----------
+    name : {"mnist", "fashion"}
+    data_home : str or Path, optional
+        Searched before ``$LUTENGINE_DATA`` and ``~/.cache/lutengine``.
+
+    Returns
+    -------
+    Path or None
+    """
+    _check_name(name)
+    for root in _roots(data_home):
+        folder = root / _SUBDIRS[name]
+        if all(_locate(folder, stem) for stem in _FILES):
+            return folder
+    return None
+
+
+def _download(name, data_home):
+    """Fetch the missing files of ``name`` into the first writable root."""
+    for root in _roots(data_home):
+        folder = root / _SUBDIRS[name]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            break
+    else:
+        raise PermissionError(f"no writable data root among {_roots(data_home)}")
+    for stem in _FILES:
+        if _locate(folder, stem):
+            continue
+        errors = []
+        for mirror in _MIRRORS[name]:
+            try:
+                with urllib.request.urlopen(mirror + stem + ".gz", timeout=60) as response:
+                    payload = response.read()
+            except OSError as exc:
+                errors.append(f"{mirror}: {exc}")
+                continue
+            tmp = folder / (stem + ".gz.part")
+            tmp.write_bytes(payload)
+            tmp.replace(folder / (stem + ".gz"))
+            break
+        else:
+            raise OSError(f"could not download {stem}.gz: " + "; ".join(errors))
+
+
+def _missing_message(name, data_home):
+    searched = "\n".join(f"  {root / _SUBDIRS[name]}" for root in _roots(data_home))
+    files = "\n".join(f"  {stem}.gz (or uncompressed {stem})" for stem in _FILES)
+    return (
+        f"{name} dataset not found. Searched, in order:\n{searched}\n"
+        f"Put these four files into one of those folders:\n{files}\n"
+        f"Set ${ENV_VAR} to a root containing '{_SUBDIRS[name]}/', pass data_home=, "
+        "or call with download=True."
+    )
+
+
+def load_dataset(name, split="train", data_home=None, download=False):
+    """Load a verified split of MNIST or Fashion-MNIST.
+
+    Parameters
+    ----------
+    name : {"mnist", "fashion"}
+    split : {"train", "test"}
+    data_home : str or Path, optional
+        Root searched before ``$LUTENGINE_DATA`` and ``~/.cache/lutengine``.
+    download : bool
+        Download missing files from public mirrors into the first writable root.
+
+    Returns
+    -------
+    X : ndarray of float32, shape (n, 784), values in [0, 1]
+    y : ndarray of int64, shape (n,)
+    """
+    _check_name(name)
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {sorted(_SPLITS)}, got split={split!r}")
+    folder = find_dataset_dir(name, data_home)
+    if folder is None and download:
+        _download(name, data_home)
+        folder = find_dataset_dir(name, data_home)
+    if folder is None:
+        raise FileNotFoundError(_missing_message(name, data_home))
+    img_stem, lbl_stem = _SPLITS[split]
+    images = _verified_idx(_locate(folder, img_stem), _SHA256[name][img_stem])
+    labels = _verified_idx(_locate(folder, lbl_stem), _SHA256[name][lbl_stem])
+    if len(images) != len(labels):
+        raise ValueError(f"{folder}: {len(images)} images but {len(labels)} labels")
+    X = images.reshape(len(images), -1).astype(np.float32)
+    X /= 255
+    return X, labels.astype(np.int64)
+
+
+def load_mnist(split="train", data_home=None, download=False):
+    """Load MNIST; see :func:`load_dataset`."""
+    return load_dataset("mnist", split, data_home, download)
+
+
+def load_fashion_mnist(split="train", data_home=None, download=False):
+    """Load Fashion-MNIST; see :func:`load_dataset`."""
+    return load_dataset("fashion", split, data_home, download)
+
+
+def load_default(data_home=None):
+    """Load MNIST if available locally, else scikit-learn's 8x8 digits.
+
+    Digits are scaled to [0, 1] (divided by 16); the last 20% form the test set.
+
+    Returns
+    -------
+    X_train, y_train, X_test, y_test : ndarrays (float32 / int64)
+    name : {"mnist", "digits"}
+    """
+    if find_dataset_dir("mnist", data_home) is not None:
+        return (*load_mnist("train", data_home), *load_mnist("test", data_home), "mnist")
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    y = y.astype(np.int64)
+    n_train = int(len(X) * 0.8)
+    return X[:n_train], y[:n_train], X[n_train:], y[n_train:], "digits"

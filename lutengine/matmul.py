@@ -1,0 +1,248 @@
+"""Approximate ``A @ B (+ bias)`` with lookup tables.
+
+``LutMatmul``: MADDNESS (Blalock & Guttag 2021): hash-tree encoding (§4.1), ridge
+prototypes (§4.2), int8 tables with averaged accumulation (§4.3).
+``PQMatmul``: the product-quantisation baseline (16 k-means centroids per subspace).
+Both share the table build, the scan kernel and the ``.npz`` persistence.
+"""
+
+import json
+import zipfile
+
+import numpy as np
+from sklearn.cluster import KMeans
+from tqdm.auto import tqdm
+
+from . import _dispatch, partition, trees
+from ._validation import (
+    as_float_matrix, as_float_vector, check_choice, check_codes, check_is_fitted,
+    check_n_features, check_ncodebooks, raise_if_nonfinite_read,
+)
+from .lut_opt import ridge_prototypes
+
+FORMAT_VERSION = 1
+
+
+class _LutEstimator:
+    """Shared fit/predict/persistence; subclasses learn the encoder and prototypes."""
+
+    _param_names = ()
+    _state_names = ()  # encoder-specific fitted arrays
+    _common_state = ("prototypes_", "luts_", "luts_q_", "lut_offsets_", "lut_scale_", "bias_",
+                     "subspace_cols_", "subspace_bounds_")
+
+    # -- scikit-learn conventions ---------------------------------------------------------
+    def get_params(self, deep=True):
+        return {name: getattr(self, name) for name in self._param_names}
+
+    def set_params(self, **params):
+        for name, value in params.items():
+            if name not in self._param_names:
+                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}; "
+                                 f"valid: {list(self._param_names)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    @property
+    def n_features_in_(self):
+        check_is_fitted(self)
+        return self.prototypes_.shape[2]
+
+    @property
+    def n_outputs_(self):
+        check_is_fitted(self)
+        return self.luts_.shape[2]
+
+    # -- fitting --------------------------------------------------------------------------
+    def fit(self, A_train, B, bias=None):
+        """Learn the encoder and prototypes on ``A_train`` (N, D) and the tables for
+        ``B`` (D, M); ``bias`` (M,) is added to every output. Returns self."""
+        A = as_float_matrix(A_train, "A_train")
+        B = as_float_matrix(B, "B")
+        if B.shape[0] != A.shape[1]:
+            raise ValueError(f"B must have D = {A.shape[1]} rows to match A_train {A.shape}, "
+                             f"got B with shape {B.shape}")
+        self._check_params(A.shape[1])
+        bias = np.zeros(B.shape[1], np.float32) if bias is None else as_float_vector(bias, "bias", B.shape[1])
+        C = self.ncodebooks
+        cols, bounds = partition.contiguous(A.shape[1], C)
+        self.prototypes_ = self._fit_encoder(A, cols, bounds)
+        self.subspace_cols_, self.subspace_bounds_ = cols, bounds
+        self.bias_ = bias
+        self._set_luts(B)
+        return self
+
+    def _set_luts(self, B):
+        self.luts_, self.luts_q_, self.lut_offsets_, self.lut_scale_ = \
+            _dispatch.build_and_quantize_luts(self.prototypes_, B)
+
+    def _check_params(self, n_features):
+        check_ncodebooks(self.ncodebooks, n_features)
+        if not isinstance(self.quantize, (bool, np.bool_)):
+            raise TypeError(f"quantize must be True or False, got {self.quantize!r}")
+
+    # -- inference ------------------------------------------------------------------------
+    def _validated(self, A):
+        check_is_fitted(self)
+        A = as_float_matrix(A, "A", keep_order=True, check_finite=False)
+        check_n_features(A, "A", self.n_features_in_)
+        return A
+
+    def transform(self, A):
+        """Codes of the rows of A: uint8 (n, ncodebooks), one 4-bit code per codebook."""
+        codes, nonfinite = self._encode(self._validated(A))
+        raise_if_nonfinite_read(nonfinite, "A")
+        return codes
+
+    def predict(self, A):
+        """≈ ``A @ B + bias`` as float32 (n, M). A may be C- or F-ordered."""
+        return self.predict_codes(self.transform(A))
+
+    def predict_codes(self, codes):
+        """The scan alone, from codes given by :meth:`transform`."""
+        check_is_fitted(self)
+        codes = check_codes(codes, "codes", self.luts_.shape[0])
+        if self.quantize:
+            offset = np.float32(self.lut_offsets_.astype(np.float64).sum())
+            return _dispatch.scan_average(codes, self.luts_q_, self.lut_scale_, offset, self.bias_)
+        return _dispatch.scan_float(codes, self.luts_, self.bias_)
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, path):
+        """Write the fitted estimator to ``path`` (.npz, readable with allow_pickle=False)."""
+        check_is_fitted(self)
+        arrays = {name: np.asarray(getattr(self, name))
+                  for name in self._common_state + self._state_names}
+        header = {"class": type(self).__name__, "format_version": FORMAT_VERSION,
+                  "params": self.get_params()}
+        np.savez(path, __header__=np.array(json.dumps(header)), **arrays)
+
+
+class LutMatmul(_LutEstimator):
+    """MADDNESS approximate matrix product (Blalock & Guttag 2021).
+
+    Parameters
+    ----------
+    ncodebooks : int
+        C, the number of 4-bit codes per row (1 ≤ C ≤ min(D, 256)).
+    partition : {"contiguous"}
+        How the D columns are split into C subspaces (maddness.md §2.1).
+    lut_objective : {"ridge"}
+        How prototypes are optimised: ridge toward the leaf means (§4.2).
+    activation : None
+        Reserved for model-aware tables (ITLUMM); only None is supported here.
+    quantize : bool
+        int8 tables with averaged accumulation (True) or exact float32 tables (False).
+    ridge_lambda : float
+        λ of the ridge step (1 in the reference).
+    random_state : int or None
+        Unused by MADDNESS (deterministic); kept for a uniform API.
+    progress : bool
+        Show a progress bar while learning the trees.
+    """
+
+    _param_names = ("ncodebooks", "partition", "lut_objective", "activation", "quantize",
+                    "ridge_lambda", "random_state", "progress")
+    _state_names = ("split_dims_", "thresholds_")
+
+    def __init__(self, ncodebooks=16, partition="contiguous", lut_objective="ridge",
+                 activation=None, quantize=True, ridge_lambda=1.0, random_state=None,
+                 progress=True):
+        self.ncodebooks = ncodebooks
+        self.partition = partition
+        self.lut_objective = lut_objective
+        self.activation = activation
+        self.quantize = quantize
+        self.ridge_lambda = ridge_lambda
+        self.random_state = random_state
+        self.progress = progress
+
+    def _check_params(self, n_features):
+        super()._check_params(n_features)
+        check_choice(self.partition, "partition", {"contiguous"})
+        check_choice(self.lut_objective, "lut_objective", {"ridge"})
+        check_choice(self.activation, "activation", {None})
+        if not (np.isfinite(self.ridge_lambda) and self.ridge_lambda >= 0):
+            raise ValueError(f"ridge_lambda must be a finite number >= 0, got {self.ridge_lambda!r}")
+
+    def _fit_encoder(self, A, cols, bounds):
+        C, D = self.ncodebooks, A.shape[1]
+        split_dims = np.zeros((C, trees.NLEVELS), dtype=np.int64)
+        thresholds = np.zeros((C, 16), dtype=np.float32)
+        codes = np.zeros((A.shape[0], C), dtype=np.uint8)
+        P0 = np.zeros((C, 16, D), dtype=np.float32)
+        for c in tqdm(range(C), desc="hash trees", disable=not self.progress, leave=False):
+            sub_cols = cols[bounds[c]:bounds[c + 1]]
+            dims, thresholds[c], codes[:, c], means = trees.learn_tree(np.ascontiguousarray(A[:, sub_cols]))
+            split_dims[c] = sub_cols[dims]
+            P0[c][:, sub_cols] = means
+        self.split_dims_, self.thresholds_ = split_dims, thresholds
+        return ridge_prototypes(A, codes, P0, self.ridge_lambda)
+
+    def _encode(self, A):
+        return _dispatch.encode_tree(A, self.split_dims_, self.thresholds_)
+
+
+class PQMatmul(_LutEstimator):
+    """Product-quantisation baseline: 16 k-means centroids per contiguous subspace,
+    nearest-centroid encoding, the same tables and scan as :class:`LutMatmul`."""
+
+    _param_names = ("ncodebooks", "quantize", "random_state", "progress")
+    _state_names = ("centroids_",)
+
+    def __init__(self, ncodebooks=16, quantize=True, random_state=None, progress=True):
+        self.ncodebooks = ncodebooks
+        self.quantize = quantize
+        self.random_state = random_state
+        self.progress = progress
+
+    def _fit_encoder(self, A, cols, bounds):
+        C, D = self.ncodebooks, A.shape[1]
+        width = int(np.max(np.diff(bounds)))
+        centroids = np.zeros((C, 16, width), dtype=np.float32)
+        P = np.zeros((C, 16, D), dtype=np.float32)
+        for c in tqdm(range(C), desc="k-means", disable=not self.progress, leave=False):
+            sub_cols = cols[bounds[c]:bounds[c + 1]]
+            km = KMeans(n_clusters=16, n_init=1, random_state=self.random_state)
+            km.fit(A[:, sub_cols])
+            centroids[c, :, : sub_cols.size] = km.cluster_centers_
+            P[c][:, sub_cols] = km.cluster_centers_
+        self.centroids_ = centroids
+        return P
+
+    def _encode(self, A):
+        return _dispatch.encode_pq(A, self.subspace_cols_, self.subspace_bounds_, self.centroids_)
+
+
+_ESTIMATORS = {cls.__name__: cls for cls in (LutMatmul, PQMatmul)}
+
+
+def load(path):
+    """Read an estimator written by ``save`` (``allow_pickle=False``)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {key: f[key] for key in f.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"path {path!r} is not a readable lutengine .npz file: {exc}") from exc
+    try:
+        header = json.loads(str(data.pop("__header__")))
+        cls = _ESTIMATORS[header["class"]]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"path {path!r} is not a lutengine model file (no valid header)") from exc
+    if header.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"path {path!r} has format version {header.get('format_version')}, "
+                         f"this lutengine reads version {FORMAT_VERSION}")
+    missing = set(cls._common_state + cls._state_names) - set(data)
+    if missing:
+        raise ValueError(f"path {path!r} lacks the fitted arrays {sorted(missing)}")
+    est = cls(**header["params"])
+    for name in cls._common_state + cls._state_names:
+        setattr(est, name, data[name])
+    est.lut_scale_ = np.float32(est.lut_scale_)
+    return est

@@ -1,0 +1,241 @@
+import gzip
+import hashlib
+import os
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lutengine import datasets
+
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def _real_root(name):
+    env = os.environ.get("LUTENGINE_DATA")
+    if not env:
+        pytest.skip("LUTENGINE_DATA is not set")
+    if datasets.find_dataset_dir(name, env) is None:
+        pytest.skip(f"{name} IDX files not found under LUTENGINE_DATA={env}")
+    return Path(env)
+
+
+def _idx_bytes(arr):
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    header = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    return header + arr.tobytes()
+
+
+def _write_synthetic(root, name="mnist", seed=0, gz=True, dotted=False, n=(12, 5)):
+    """Write four small IDX files under root/<subdir>; return {stem: uncompressed bytes}."""
+    rng = np.random.default_rng(seed)
+    folder = root / datasets._SUBDIRS[name]
+    folder.mkdir(parents=True, exist_ok=True)
+    contents = {}
+    for split, count in zip(("train", "test"), n):
+        img_stem, lbl_stem = datasets._SPLITS[split]
+        contents[img_stem] = _idx_bytes(rng.integers(0, 256, (count, 28, 28)))
+        contents[lbl_stem] = _idx_bytes(rng.integers(0, 10, count))
+    for stem, data in contents.items():
+        fname = stem.replace("-idx", ".idx") if dotted else stem
+        if gz:
+            (folder / (fname + ".gz")).write_bytes(gzip.compress(data))
+        else:
+            (folder / fname).write_bytes(data)
+    return contents
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No env var, empty HOME, and a digest table that accepts the given synthetic files."""
+    monkeypatch.delenv("LUTENGINE_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    table = {"mnist": {}, "fashion": {}}
+    monkeypatch.setattr(datasets, "_SHA256", table)
+
+    def trust(name, contents):
+        table[name].update({k: hashlib.sha256(v).hexdigest() for k, v in contents.items()})
+
+    return trust
+
+
+def test_real_mnist():
+    root = _real_root("mnist")
+    for split, counts in (("train", TRAIN_COUNTS), ("test", TEST_COUNTS)):
+        X, y = datasets.load_mnist(split, data_home=root)
+        assert X.shape == (sum(counts), 784) and X.dtype == np.float32
+        assert y.shape == (sum(counts),) and y.dtype == np.int64
+        assert X.min() == 0.0 and X.max() == 1.0
+        assert np.bincount(y).tolist() == counts
+    assert abs(datasets.load_mnist("train")[0].mean() - 0.1307) < 1e-3
+
+
+def test_real_mnist_cached_reload_is_fast():
+    root = _real_root("mnist")
+    datasets.load_mnist("train", data_home=root)
+    start = time.perf_counter()
+    X, _ = datasets.load_mnist("train", data_home=root)
+    assert time.perf_counter() - start < 1.0
+    X[:] = -1  # returned arrays are copies: the cache must stay intact
+    assert datasets.load_mnist("train", data_home=root)[0].min() == 0.0
+
+
+def test_real_fashion():
+    root = _real_root("fashion")
+    for split, per_class in (("train", 6000), ("test", 1000)):
+        X, y = datasets.load_fashion_mnist(split, data_home=root)
+        assert X.shape == (10 * per_class, 784) and X.dtype == np.float32
+        assert 0.0 <= X.min() and X.max() <= 1.0
+        assert np.bincount(y).tolist() == [per_class] * 10
+
+
+def test_real_load_default_returns_mnist():
+    _real_root("mnist")
+    X_train, y_train, X_test, y_test, name = datasets.load_default()
+    assert name == "mnist"
+    assert X_train.shape == (60000, 784) and X_test.shape == (10000, 784)
+    assert len(y_train) == 60000 and len(y_test) == 10000
+
+
+def test_read_idx_raw_and_gz(tmp_path):
+    arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    (tmp_path / "a").write_bytes(_idx_bytes(arr))
+    (tmp_path / "b.gz").write_bytes(gzip.compress(_idx_bytes(arr)))
+    (tmp_path / "c").write_bytes(gzip.compress(_idx_bytes(arr)))  # gzip found by magic bytes
+    for fname in ("a", "b.gz", "c"):
+        out = datasets.read_idx(tmp_path / fname)
+        assert out.dtype == np.uint8 and out.shape == (2, 3, 4)
+        np.testing.assert_array_equal(out, arr)
+
+
+def test_read_idx_big_endian_int32(tmp_path):
+    arr = np.array([1, -2, 70000], dtype=">i4")
+    (tmp_path / "x").write_bytes(b"\0\0\x0c\x01" + struct.pack(">I", 3) + arr.tobytes())
+    np.testing.assert_array_equal(datasets.read_idx(str(tmp_path / "x")), [1, -2, 70000])
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"\x01\x02\x08\x01" + struct.pack(">I", 3) + b"abc", "bad magic"),
+        (b"\0\0\x08\x03" + struct.pack(">I", 5), "truncated IDX header"),
+        (_idx_bytes(np.zeros((4, 5)))[:-3], "truncated IDX data"),
+        (_idx_bytes(np.zeros((4, 5))) + b"x", "oversized IDX data"),
+    ],
+)
+def test_read_idx_malformed(tmp_path, data, match):
+    path = tmp_path / "bad-idx1-ubyte"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=match) as info:
+        datasets.read_idx(path)
+    assert str(path) in str(info.value)
+
+
+def test_read_idx_truncated_gzip(tmp_path):
+    path = tmp_path / "t.gz"
+    path.write_bytes(gzip.compress(_idx_bytes(np.ones((50, 50))))[:-20])
+    with pytest.raises(ValueError, match="t.gz"):
+        datasets.read_idx(path)
+
+
+@pytest.mark.parametrize("gz, dotted", [(True, False), (False, False), (True, True), (False, True)])
+def test_synthetic_load_all_spellings(tmp_path, isolated, gz, dotted):
+    contents = _write_synthetic(tmp_path / "data", gz=gz, dotted=dotted)
+    isolated("mnist", contents)
+    X, y = datasets.load_mnist("train", data_home=tmp_path / "data")
+    assert X.shape == (12, 784) and X.dtype == np.float32 and y.dtype == np.int64
+    expected = np.frombuffer(contents["train-images-idx3-ubyte"], np.uint8, offset=16)
+    np.testing.assert_allclose(X.ravel(), expected / 255, rtol=1e-6)
+    assert datasets.load_mnist("test", data_home=str(tmp_path / "data"))[0].shape == (5, 784)
+
+
+def test_data_home_takes_precedence_over_env(tmp_path, isolated, monkeypatch):
+    isolated("fashion", _write_synthetic(tmp_path / "arg", "fashion", seed=1, n=(7, 3)))
+    _write_synthetic(tmp_path / "env", "fashion", seed=2, gz=False, n=(9, 4))  # fails checksum
+    monkeypatch.setenv("LUTENGINE_DATA", str(tmp_path / "env"))
+    assert datasets.find_dataset_dir("fashion", tmp_path / "arg") == tmp_path / "arg" / "fashion-mnist"
+    assert datasets.load_fashion_mnist(data_home=tmp_path / "arg")[0].shape == (7, 784)
+    assert datasets.find_dataset_dir("fashion", tmp_path / "nowhere") == tmp_path / "env" / "fashion-mnist"
+    with pytest.raises(ValueError, match=str(tmp_path / "env")):
+        datasets.load_fashion_mnist()
+
+
+def test_env_then_home_cache(tmp_path, isolated):
+    cache = tmp_path / "home" / ".cache" / "lutengine"
+    isolated("mnist", _write_synthetic(cache))
+    assert datasets.find_dataset_dir("mnist") == cache / "mnist"
+    assert datasets.load_dataset("mnist", "test")[1].shape == (5,)
+
+
+def test_incomplete_folder_is_skipped(tmp_path, isolated):
+    _write_synthetic(tmp_path / "a")
+    (tmp_path / "a" / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert datasets.find_dataset_dir("mnist", tmp_path / "a") is None
+
+
+def test_checksum_mismatch_names_file_and_digests(tmp_path, isolated):
+    contents = _write_synthetic(tmp_path)
+    isolated("mnist", contents)
+    path = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
+    corrupted = bytearray(contents["train-images-idx3-ubyte"])
+    corrupted[100] ^= 0xFF
+    path.write_bytes(gzip.compress(bytes(corrupted)))
+    expected = hashlib.sha256(contents["train-images-idx3-ubyte"]).hexdigest()
+    actual = hashlib.sha256(bytes(corrupted)).hexdigest()
+    with pytest.raises(ValueError) as info:
+        datasets.load_mnist(data_home=tmp_path)
+    message = str(info.value)
+    assert str(path) in message and expected in message and actual in message
+
+
+def test_real_digests_reject_synthetic_files(tmp_path, monkeypatch):
+    monkeypatch.delenv("LUTENGINE_DATA", raising=False)
+    _write_synthetic(tmp_path)
+    with pytest.raises(ValueError, match="SHA-256 mismatch"):
+        datasets.load_mnist(data_home=tmp_path)
+
+
+def test_truncated_file_in_dataset(tmp_path, isolated):
+    contents = _write_synthetic(tmp_path, gz=False)
+    path = tmp_path / "mnist" / "train-labels-idx1-ubyte"
+    truncated = contents["train-labels-idx1-ubyte"][:-2]
+    path.write_bytes(truncated)
+    isolated("mnist", {**contents, "train-labels-idx1-ubyte": truncated})
+    with pytest.raises(ValueError, match="truncated") as info:
+        datasets.load_mnist(data_home=tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_files_message(tmp_path, isolated, monkeypatch):
+    monkeypatch.setenv("LUTENGINE_DATA", str(tmp_path / "env"))
+    with pytest.raises(FileNotFoundError) as info:
+        datasets.load_fashion_mnist("test", data_home=tmp_path / "arg")
+    message = str(info.value)
+    for place in (tmp_path / "arg", tmp_path / "env", tmp_path / "home" / ".cache" / "lutengine"):
+        assert str(place / "fashion-mnist") in message
+    for stem in datasets._FILES:
+        assert stem + ".gz" in message
+    assert "LUTENGINE_DATA" in message and "download=True" in message
+
+
+def test_bad_split_and_name(tmp_path):
+    with pytest.raises(ValueError, match="split"):
+        datasets.load_mnist("validation", data_home=tmp_path)
+    with pytest.raises(ValueError, match="'fashion'.*'mnist'"):
+        datasets.load_dataset("cifar10", data_home=tmp_path)
+    with pytest.raises(ValueError, match="valid names"):
+        datasets.find_dataset_dir("kmnist")
+
+
+def test_load_default_falls_back_to_digits(tmp_path, isolated):
+    X_train, y_train, X_test, y_test, name = datasets.load_default(data_home=tmp_path)
+    assert name == "digits"
+    assert X_train.shape == (1437, 64) and X_test.shape == (360, 64)
+    assert X_train.dtype == X_test.dtype == np.float32
+    assert y_train.dtype == y_test.dtype == np.int64
+    assert X_train.min() == 0.0 and X_train.max() == 1.0
+    again = datasets.load_default(data_home=tmp_path)
+    np.testing.assert_array_equal(again[2], X_test)
