@@ -7,10 +7,12 @@ Both share the table build, the scan kernel and the ``.npz`` persistence.
 """
 
 import json
+import warnings
 import zipfile
 
 import numpy as np
 from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
 from . import _dispatch, partition, trees
@@ -208,7 +210,10 @@ class PQMatmul(_LutEstimator):
         for c in tqdm(range(C), desc="k-means", disable=not self.progress, leave=False):
             sub_cols = cols[bounds[c]:bounds[c + 1]]
             km = KMeans(n_clusters=16, n_init=1, random_state=self.random_state)
-            km.fit(A[:, sub_cols])
+            with warnings.catch_warnings():
+                # subspaces with < 16 distinct rows (e.g. blank pixels) get duplicate centroids
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                km.fit(A[:, sub_cols])
             centroids[c, :, : sub_cols.size] = km.cluster_centers_
             P[c][:, sub_cols] = km.cluster_centers_
         self.centroids_ = centroids

@@ -1,0 +1,296 @@
+"""LutMatmul / PQMatmul: the MADDNESS pipeline against independent NumPy computations,
+accuracy on real MNIST, persistence, and the errors users see for bad input."""
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+import lutengine as le
+from lutengine import trees
+from lutengine.partition import contiguous
+
+
+def _layer(n=600, d=37, m=7, seed=0):
+    """Correlated, non-negative rows (like ReLU activations) and a random layer."""
+    rng = np.random.default_rng(seed)
+    A = np.maximum(rng.standard_normal((n, 6)) @ rng.standard_normal((6, d)), 0).astype(np.float32)
+    A += 0.05 * rng.standard_normal(A.shape).astype(np.float32)
+    B = rng.standard_normal((d, m)).astype(np.float32)
+    return A, B
+
+
+def _nmse(Y, E):
+    return float(((Y - E) ** 2).mean() / E.var())
+
+
+# -- the algorithm, step by step, against independent NumPy --------------------------------
+
+def test_contiguous_partition_puts_the_extra_columns_first():
+    cols, bounds = contiguous(10, 4)
+    assert list(bounds) == [0, 3, 6, 8, 10]
+    assert list(cols) == list(range(10))
+
+
+def _brute_tree(X):
+    """Greedy MADDNESS tree by brute force: every candidate column, every cut."""
+    buckets = [np.arange(len(X))]
+    dims, thresholds = [], []
+    for _ in range(4):
+        sse = sum(((X[b] - X[b].mean(0)) ** 2).sum(0) if len(b) else np.zeros(X.shape[1]) for b in buckets)
+        best = None
+        for dim in np.argsort(-sse, kind="stable")[:4]:
+            loss, level_t = 0.0, []
+            for b in buckets:
+                v = np.sort(X[b, dim])
+                options = [(((X[b] - X[b].mean(0)) ** 2).sum() if len(b) else 0.0, v[-1] if len(b) else np.inf)]
+                for i in range(len(b) - 1):
+                    if v[i] < v[i + 1]:
+                        t = np.float32((np.float64(v[i]) + v[i + 1]) / 2)
+                        left = X[b][X[b, dim] <= v[i]]
+                        right = X[b][X[b, dim] > v[i]]
+                        options.append((((left - left.mean(0)) ** 2).sum() + ((right - right.mean(0)) ** 2).sum(), t))
+                loss_b, t_b = min(options, key=lambda o: o[0])
+                loss += loss_b
+                level_t.append(t_b)
+            if best is None or loss < best[0] - 1e-9 * abs(best[0]):
+                best = (loss, dim, level_t)
+        dims.append(best[1])
+        thresholds += best[2]
+        buckets = [part for b, t in zip(buckets, best[2]) for part in (b[X[b, best[1]] <= t], b[X[b, best[1]] > t])]
+    return np.array(dims), np.array(thresholds, dtype=np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_learn_tree_matches_brute_force_greedy_search(seed):
+    rng = np.random.default_rng(seed)
+    X = np.round(rng.standard_normal((70, 5)) * 3).astype(np.float32)  # ties included
+    dims, thresholds, leaves, means = trees.learn_tree(X)
+    ref_dims, ref_thresholds = _brute_tree(X)
+    np.testing.assert_array_equal(dims, ref_dims)
+    np.testing.assert_allclose(thresholds[:15], ref_thresholds, rtol=1e-6)
+    # leaves are the MSB-first decision bits, and the leaf means are the leaves' means
+    node = np.zeros(len(X), dtype=np.int64)
+    for level in range(4):
+        node = 2 * node + (X[:, dims[level]] > thresholds[2**level - 1 + node])
+    np.testing.assert_array_equal(leaves, node)
+    for leaf in np.unique(leaves):
+        np.testing.assert_allclose(means[leaf], X[leaves == leaf].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_fit_is_ridge_toward_leaf_means_and_luts_are_prototypes_times_B():
+    A, B = _layer()
+    est = le.LutMatmul(ncodebooks=5, progress=False).fit(A, B)
+    codes = est.transform(A)
+    G = np.zeros((len(A), 16 * 5))
+    G[np.arange(len(A))[:, None], 16 * np.arange(5) + codes] = 1.0
+    P0 = np.zeros((5, 16, A.shape[1]))
+    cols, bounds = contiguous(A.shape[1], 5)
+    for c in range(5):
+        sub = cols[bounds[c]:bounds[c + 1]]
+        for k in range(16):
+            rows = codes[:, c] == k
+            if rows.any():
+                P0[c, k, sub] = A[rows][:, sub].mean(0)
+    # empty leaves inherit a parent's mean: take the learned P0 there (never hit by rows)
+    used = G.sum(0).reshape(5, 16) > 0
+    P_ref = np.linalg.solve(G.T @ G + np.eye(80), G.T @ A + P0.reshape(80, -1))
+    np.testing.assert_allclose(est.prototypes_.reshape(80, -1)[used.ravel()], P_ref[used.ravel()],
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(est.luts_, est.prototypes_ @ B, rtol=1e-4, atol=1e-4)
+
+
+def test_float_tables_give_the_exact_sum_of_table_rows():
+    A, B = _layer()
+    bias = np.arange(B.shape[1], dtype=np.float32)
+    est = le.LutMatmul(ncodebooks=4, quantize=False, progress=False).fit(A, B, bias=bias)
+    codes = est.transform(A)
+    ref = sum(est.luts_[c][codes[:, c]] for c in range(4)) + bias
+    np.testing.assert_allclose(est.predict(A), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_quantized_scan_error_is_within_the_rounding_bound():
+    """int8 tables (rounding ≤ 1/2 quantum each) and the averaging tree (each rounded
+    average of level l adds 0 or 2**(l-1) quanta, centred by the bias correction) bound
+    |quantised − float| by (C/2 + Σ_groups size/4·log2 size) / scale (maddness.md §4)."""
+    A, B = _layer(n=2000, d=64, m=12)
+    for C in (1, 2, 7, 8, 16, 32, 48):
+        est = le.LutMatmul(C, progress=False).fit(A, B)
+        quantized = est.predict(A)
+        exact_tables = est.set_params(quantize=False).predict(A)
+        sizes = [16] * (C // 16) + [s for s in (8, 4, 2, 1) if C % 16 & s]
+        bound = (C / 2 + sum(s / 4 * np.log2(s) for s in sizes)) / est.lut_scale_
+        assert np.abs(quantized - exact_tables).max() <= bound * (1 + 1e-5) + 1e-4
+
+
+def test_error_falls_as_codebooks_grow():
+    A, B = _layer(n=3000, d=64, m=10)
+    errors = [_nmse(le.LutMatmul(C, progress=False).fit(A, B).predict(A), A @ B) for C in (2, 8, 32)]
+    assert errors[0] > errors[1] > errors[2]
+
+
+# -- real data ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mnist_linear_layer(data_root):
+    """A ridge-regression linear classifier on MNIST pixels: a real 784×10 layer."""
+    X, y = le.datasets.load_mnist("train", data_home=data_root)
+    A, y_a = X[:8000], y[:8000]
+    gram = A.T.astype(np.float64) @ A + 100.0 * np.eye(A.shape[1])
+    W = np.linalg.solve(gram, A.T @ (np.eye(10)[y_a] - 0.1)).astype(np.float32)
+    X_test, y_test = le.datasets.load_mnist("test", data_home=data_root)
+    return A, W, X_test[:3000], y_test[:3000]
+
+
+def test_mnist_layer_accuracy_kept(mnist_linear_layer):
+    A, W, X_test, y_test = mnist_linear_layer
+    exact = ((X_test @ W).argmax(1) == y_test).mean()
+    results = {}
+    for C in (16, 64):
+        est = le.LutMatmul(C, progress=False).fit(A, W)
+        Y = est.predict(X_test)
+        results[C] = (_nmse(Y, X_test @ W), (Y.argmax(1) == y_test).mean() / exact)
+    assert exact > 0.75
+    assert results[64][0] < results[16][0] < 0.5
+    assert results[64][1] > 0.95
+
+
+def test_pq_baseline_on_mnist_layer(mnist_linear_layer):
+    A, W, X_test, y_test = mnist_linear_layer
+    est = le.PQMatmul(16, random_state=0, progress=False).fit(A, W)
+    codes = est.transform(X_test)
+    # nearest centroid per subspace, recomputed in NumPy
+    cols, bounds = est.subspace_cols_, est.subspace_bounds_
+    for c in (0, 7, 15):
+        sub = X_test[:, cols[bounds[c]:bounds[c + 1]]]
+        cent = est.centroids_[c, :, : sub.shape[1]]
+        d = ((sub[:, None, :] - cent[None]) ** 2).sum(-1)
+        ref = d.argmin(1)
+        ties = np.isclose(np.take_along_axis(d, ref[:, None], 1)[:, 0],
+                          np.take_along_axis(d, codes[:, c:c + 1].astype(np.int64), 1)[:, 0], rtol=1e-5, atol=1e-6)
+        assert ties.all()
+    assert _nmse(est.predict(X_test), X_test @ W) < 0.5
+
+
+# -- conventions --------------------------------------------------------------------------
+
+def test_layout_dtype_and_thread_count_do_not_change_results(threads):
+    A, B = _layer(n=5000, d=40, m=9)
+    est = le.LutMatmul(8, progress=False).fit(A, B)
+    ref = est.predict(A)
+    np.testing.assert_array_equal(est.predict(np.asfortranarray(A)), ref)
+    np.testing.assert_array_equal(est.predict(A.astype(np.float64)), ref)
+    np.testing.assert_array_equal(est.predict(A.tolist()), ref)
+    for n in (1, 2):
+        with threads(n):
+            np.testing.assert_array_equal(est.predict(A), ref)
+
+
+def test_refit_with_one_or_two_threads_is_identical(threads):
+    A, B = _layer(n=9000, d=24, m=5)
+    fits = []
+    for n in (1, 2):
+        with threads(n):
+            fits.append(le.LutMatmul(4, progress=False).fit(A, B))
+    np.testing.assert_array_equal(fits[0].prototypes_, fits[1].prototypes_)
+    np.testing.assert_array_equal(fits[0].luts_q_, fits[1].luts_q_)
+
+
+def test_params_and_clone():
+    est = le.LutMatmul(ncodebooks=8, quantize=False)
+    assert est.get_params()["ncodebooks"] == 8
+    assert est.set_params(ncodebooks=4) is est and est.ncodebooks == 4
+    assert clone(est).get_params() == est.get_params()
+    with pytest.raises(ValueError, match="invalid parameter 'foo'"):
+        est.set_params(foo=1)
+
+
+@pytest.mark.parametrize("cls", [le.LutMatmul, le.PQMatmul])
+def test_save_load_round_trip(cls, tmp_path):
+    A, B = _layer()
+    est = cls(ncodebooks=6, progress=False).fit(A, B, bias=np.ones(B.shape[1]))
+    est.save(tmp_path / "m.npz")
+    back = le.load(tmp_path / "m.npz")
+    assert type(back) is cls and back.get_params() == est.get_params()
+    np.testing.assert_array_equal(back.predict(A), est.predict(A))
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as f:
+        assert "luts_q_" in f.files
+
+
+# -- errors naming the argument -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fitted():
+    A, B = _layer()
+    return le.LutMatmul(4, progress=False).fit(A, B), A, B
+
+
+@pytest.mark.parametrize("A_bad, B_bad, kwargs, exc, match", [
+    (np.zeros(5), None, {}, ValueError, "A_train must be 2-D"),
+    (np.zeros((0, 37)), None, {}, ValueError, "A_train must not be empty"),
+    (np.full((10, 37), np.nan), None, {}, ValueError, "A_train contains NaN"),
+    (None, np.zeros((36, 7)), {}, ValueError, "B must have D = 37 rows"),
+    (None, np.full((37, 7), np.inf), {}, ValueError, "B contains NaN or Inf"),
+    (None, None, {"bias": np.zeros(3)}, ValueError, r"bias must have shape \(7,\)"),
+    (np.array([["a"] * 37] * 5), None, {}, TypeError, "A_train must be a real numeric array"),
+])
+def test_fit_rejects_bad_input(A_bad, B_bad, kwargs, exc, match):
+    A, B = _layer()
+    with pytest.raises(exc, match=match):
+        le.LutMatmul(4, progress=False).fit(A if A_bad is None else A_bad, B if B_bad is None else B_bad, **kwargs)
+
+
+@pytest.mark.parametrize("C, exc, match", [
+    (0, ValueError, "ncodebooks must be between 1 and"),
+    (38, ValueError, "ncodebooks must be between 1 and min"),
+    (2.5, TypeError, "ncodebooks must be an integer"),
+])
+def test_fit_rejects_bad_ncodebooks(C, exc, match):
+    A, B = _layer()
+    with pytest.raises(exc, match=match):
+        le.LutMatmul(C, progress=False).fit(A, B)
+
+
+def test_unsupported_options_are_named():
+    A, B = _layer()
+    with pytest.raises(ValueError, match="partition must be one of"):
+        le.LutMatmul(4, partition="magic", progress=False).fit(A, B)
+
+
+def test_predict_rejects_bad_input(fitted):
+    est, A, _ = fitted
+    with pytest.raises(ValueError, match="A has 36 columns, but the estimator was fitted with 37"):
+        est.predict(A[:, :36])
+    with pytest.raises(ValueError, match="A must be 2-D"):
+        est.predict(A[0])
+    with pytest.raises(ValueError, match="A must not be empty"):
+        est.predict(A[:0])
+    bad = A.copy()
+    bad[3, est.split_dims_[2, 1]] = np.nan
+    with pytest.raises(ValueError, match="A contains NaN or Inf"):
+        est.predict(bad)
+    with pytest.raises(TypeError, match="codes must be a uint8 array"):
+        est.predict_codes(est.transform(A).astype(np.int64))
+    with pytest.raises(ValueError, match=r"codes must have shape \(n >= 1, 4\)"):
+        est.predict_codes(np.zeros((3, 5), np.uint8))
+
+
+def test_unfitted_estimator_says_so(tmp_path):
+    est = le.LutMatmul(4)
+    for call in (lambda: est.predict(np.ones((2, 8))), lambda: est.transform(np.ones((2, 8))),
+                 lambda: est.save(tmp_path / "x.npz")):
+        with pytest.raises(le.NotFittedError, match="not fitted yet"):
+            call()
+
+
+def test_load_rejects_foreign_and_truncated_files(fitted, tmp_path):
+    est = fitted[0]
+    est.save(tmp_path / "good.npz")
+    data = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable lutengine .npz"):
+        le.load(tmp_path / "cut.npz")
+    np.savez(tmp_path / "foreign.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match="not a lutengine model file"):
+        le.load(tmp_path / "foreign.npz")
+    with pytest.raises(FileNotFoundError):
+        le.load(tmp_path / "missing.npz")
