@@ -1,0 +1,64 @@
+"""The layering and kernel conventions of design.md, checked on the code itself."""
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import numba
+import pytest
+
+import kernels
+from kernels._flags import FASTMATH
+
+import reference
+
+KERNEL_MODULES = [importlib.import_module(f"kernels.{m.name}")
+                  for m in pkgutil.iter_modules(kernels.__path__) if not m.name.startswith("_")]
+
+
+def _public_kernels():
+    for module in KERNEL_MODULES:
+        for name, obj in vars(module).items():
+            if isinstance(obj, numba.core.registry.CPUDispatcher) and not name.startswith("_") \
+                    and obj.__module__ == module.__name__:
+                yield module, name, obj
+
+
+def test_kernels_never_import_lutengine():
+    for path in Path(kernels.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.startswith("lutengine") for n in names), path
+
+
+@pytest.mark.parametrize("module, name, kernel", list(_public_kernels()), ids=lambda x: getattr(x, "__name__", x))
+def test_kernel_flags(module, name, kernel):
+    opts = kernel.targetoptions
+    assert type(kernel._cache).__name__ != "NullCache"  # compiled with cache=True
+    assert opts.get("nogil") is True
+    assert opts.get("error_model") == "numpy"
+    assert set(opts.get("fastmath")) == FASTMATH  # a flag set, never fastmath=True
+    assert bool(opts.get("parallel", False)) == name.endswith("_parallel")
+
+
+def test_every_parallel_kernel_has_a_serial_twin_and_a_reference():
+    names = {name for _, name, _ in _public_kernels()}
+    for name in names:
+        base = name.removesuffix("_parallel").removesuffix("_serial")
+        if name.endswith("_parallel"):
+            assert base + "_serial" in names, name
+        assert hasattr(reference, "ref_" + base), f"tests/reference.py lacks ref_{base}"
+
+
+def test_no_allocation_or_raise_inside_prange():
+    for module in KERNEL_MODULES:
+        tree = ast.parse(Path(module.__file__).read_text())
+        for loop in ast.walk(tree):
+            if isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call) \
+                    and getattr(loop.iter.func, "id", "") == "prange":
+                for node in ast.walk(loop):
+                    assert not isinstance(node, (ast.Raise, ast.Assert)), module.__name__
+                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                        assert node.func.attr not in {"empty", "zeros", "ones", "full"}, module.__name__
