@@ -9,10 +9,10 @@ midpoint of the two values around the best cut, so ``x > threshold`` sends a row
 import numpy as np
 from numba import njit
 
-from ._flags import JIT
+from ._flags import JIT_EXACT
 
 
-@njit(**JIT)
+@njit(**JIT_EXACT)
 def best_split(X, rows, dim):
     """Return ``(loss, threshold)`` of the best cut of ``X[rows]`` on column ``dim``.
 

@@ -1,0 +1,183 @@
+"""NumPy oracles for every kernel in ``kernels/`` (float64, vectorised, no Numba).
+
+Each function restates the specification (``../shared/research/maddness.md``) as plainly
+as possible, independently of the kernels it checks: no blocking, no threads, dense
+one-hot matrices, brute-force split search.
+"""
+
+import numpy as np
+
+
+def ref_encode_tree(X, split_dims, thresholds):
+    """Codes of the MADDNESS hash trees (maddness.md §2.2).
+
+    Tree ``c`` compares column ``split_dims[c, level]`` with the heap-ordered threshold
+    ``thresholds[c, 2**level - 1 + node]``; a value strictly greater goes right, and the
+    code is the 4 decision bits read most-significant first. NaN never goes right.
+    """
+    X = np.asarray(X)
+    C = split_dims.shape[0]
+    node = np.zeros((X.shape[0], C), dtype=np.int64)
+    codebook = np.arange(C)[None, :]
+    for level in range(4):
+        values = X[:, split_dims[:, level]]
+        bits = values > thresholds[codebook, 2**level - 1 + node]
+        node = 2 * node + bits
+    return node.astype(np.uint8)
+
+
+def ref_nonfinite(X, cols):
+    """Whether any of the columns ``cols`` of X holds NaN or ±Inf."""
+    return bool(~np.isfinite(np.asarray(X)[:, np.unique(cols)]).all())
+
+
+def ref_encode_pq(X, cols, bounds, centroids):
+    """Index of the nearest centroid (squared L2, first on ties) in every subspace.
+
+    Codebook ``c`` owns the columns ``cols[bounds[c]:bounds[c + 1]]`` and the first
+    ``width`` entries of each of its 16 centroids. Rows whose distances are all
+    non-finite get code 0.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    C = bounds.shape[0] - 1
+    codes = np.empty((X.shape[0], C), dtype=np.uint8)
+    for c in range(C):
+        lo, hi = bounds[c], bounds[c + 1]
+        sub = X[:, cols[lo:hi]]
+        cent = centroids[c, :, : hi - lo].astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            dist = ((sub[:, None, :] - cent[None, :, :]) ** 2).sum(axis=2)
+        dist[~np.isfinite(dist)] = np.inf
+        codes[:, c] = np.argmin(dist, axis=1)
+    return codes
+
+
+def ref_build_luts(prototypes, B):
+    """``T[c, k, m] = <P[c, k, :], B[:, m]>`` in float64 (maddness.md §3.2)."""
+    return np.einsum("ckd,dm->ckm", prototypes.astype(np.float64), B.astype(np.float64))
+
+
+def ref_quantize_luts(luts):
+    """uint8 tables, per-codebook offsets and the global scale (maddness.md §4.1).
+
+    The offset of codebook c is its smallest entry over all outputs and all 16 codes;
+    ``scale = 2**-ceil(log2(gap)) * (255.5 - 1e-10)`` with gap the largest per-codebook
+    range; ``q = floor((T - min_c) * scale + 0.5)``. A gap of 0 (every table constant)
+    is given the scale 1 (lutengine's convention; the spec leaves it undefined).
+    """
+    T = np.asarray(luts, dtype=np.float64)
+    mins = T.min(axis=(1, 2))
+    gap = (T.max(axis=(1, 2)) - mins).max()
+    scale = 2.0 ** -np.ceil(np.log2(gap)) * (255.5 - 1e-10) if gap > 0 else 1.0
+    q = np.floor((T - mins[:, None, None]) * scale + 0.5)
+    assert q.min() >= 0 and q.max() <= 255
+    return q.astype(np.uint8), mins, scale
+
+
+def ref_average_groups(ncodebooks):
+    """``[(start, size), ...]`` of the averaged accumulation and its bias in quanta.
+
+    Runs of 16 codebooks, then the remainder as powers of two taken 8, 4, 2, 1 (each at
+    most once). Bias (maddness.md §4.3): ``Σ size/4 · log2(size)``.
+    """
+    sizes, left = [], ncodebooks
+    while left >= 16:
+        sizes.append(16)
+        left -= 16
+    for size in (8, 4, 2, 1):
+        if left >= size:
+            sizes.append(size)
+            left -= size
+    starts = np.cumsum([0] + sizes)[:-1]
+    groups = [(int(start), size) for start, size in zip(starts, sizes)]
+    bias = sum(size / 4 * np.log2(size) for _, size in groups)
+    return groups, float(bias)
+
+
+def _gather(codes, luts):
+    """``luts[c, codes[n, c], :]`` for every (n, c): shape (N, C, M)."""
+    return luts[np.arange(codes.shape[1])[None, :], codes]
+
+
+def ref_average_accumulate(codes, luts_q):
+    """Raw accumulator of the averaged scan, int64 (N, M), before any correction.
+
+    Inside a group, neighbours 2j and 2j+1 are combined by ``(a + b + 1) >> 1``, level
+    by level, until one average is left; the result is ``Σ_groups size · average``.
+    """
+    vals = _gather(codes, luts_q).astype(np.int64)
+    acc = np.zeros((codes.shape[0], luts_q.shape[2]), dtype=np.int64)
+    groups, _ = ref_average_groups(codes.shape[1])
+    for start, size in groups:
+        level = vals[:, start : start + size]
+        while level.shape[1] > 1:
+            level = (level[:, 0::2] + level[:, 1::2] + 1) >> 1
+        acc += size * level[:, 0]
+    return acc
+
+
+def ref_scan_average(codes, luts_q, scale, offset, out_bias):
+    """Dequantised averaged scan (maddness.md §4.2–4.3), float64 (N, M):
+    ``(acc - bias) / scale + offset + out_bias``."""
+    _, bias = ref_average_groups(codes.shape[1])
+    acc = ref_average_accumulate(codes, luts_q)
+    return (acc - bias) / np.float64(scale) + np.float64(offset) + np.asarray(out_bias, np.float64)
+
+
+def ref_scan_float(codes, luts, out_bias):
+    """Exact sum ``Σ_c luts[c, codes[n, c], :] + out_bias`` in float64."""
+    return _gather(codes, luts).astype(np.float64).sum(axis=1) + np.asarray(out_bias, np.float64)
+
+
+def ref_onehot(codes):
+    """Dense one-hot matrix G (N × 16C): ``G[n, 16c + k] = 1`` iff ``codes[n, c] == k``."""
+    N, C = codes.shape
+    G = np.zeros((N, 16 * C))
+    G[np.arange(N)[:, None], 16 * np.arange(C)[None, :] + codes] = 1.0
+    return G
+
+
+def ref_onehot_gram(codes):
+    """``GᵀG`` (float64)."""
+    G = ref_onehot(codes)
+    return G.T @ G
+
+
+def ref_onehot_rowsum(codes, A):
+    """``GᵀA`` (float64)."""
+    return ref_onehot(codes).T @ np.asarray(A, dtype=np.float64)
+
+
+def _sse(block):
+    """Sum over columns of the within-block squared deviations (two-pass)."""
+    if block.shape[0] == 0:
+        return 0.0
+    return float(((block - block.mean(axis=0)) ** 2).sum())
+
+
+def ref_split_loss(X, rows, dim, threshold):
+    """SSE of the rows with ``x <= threshold`` plus SSE of those with ``x > threshold``."""
+    sub = np.asarray(X, dtype=np.float64)[rows]
+    right = sub[:, dim] > threshold
+    return _sse(sub[~right]) + _sse(sub[right])
+
+
+def ref_best_split(X, rows, dim):
+    """Brute-force best cut of ``X[rows]`` on column ``dim`` (maddness.md §2.2).
+
+    Every cut between two distinct sorted values is tried; the loss is SSE(left) +
+    SSE(right) over all columns. Returns ``(loss, threshold, losses)``: the smallest
+    loss, the float64 midpoint of its cut (first cut on ties) and the loss of every
+    cut in ascending order. Without a possible cut: the bucket's SSE and its largest
+    value (``(0, inf)`` when empty).
+    """
+    sub = np.asarray(X, dtype=np.float64)[rows]
+    if sub.shape[0] == 0:
+        return 0.0, np.inf, np.empty(0)
+    distinct = np.unique(sub[:, dim])
+    if distinct.shape[0] < 2:
+        return _sse(sub), distinct[-1], np.empty(0)
+    losses = np.array([_sse(sub[sub[:, dim] <= lo]) + _sse(sub[sub[:, dim] > lo])
+                       for lo in distinct[:-1]])
+    best = int(np.argmin(losses))
+    return losses[best], (distinct[best] + distinct[best + 1]) / 2, losses

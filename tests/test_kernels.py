@@ -1,0 +1,515 @@
+"""Every kernel against its NumPy oracle in ``reference.py`` (hypothesis over shapes).
+
+Integer results (codes, quantised tables, averaged accumulators, co-occurrence counts)
+must match bit for bit; float results to a bound derived from the number of float32
+roundings. Parallel variants must give the same bits with 1 and 2 threads as the serial
+variant.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import reference as ref
+from kernels import encode, lut, onehot, scan, split
+from lutengine import _dispatch, datasets
+
+EPS32 = np.finfo(np.float32).eps
+EPS64 = np.finfo(np.float64).eps
+
+# shapes: 1, primes, odd sizes, block boundaries, and anything else hypothesis picks
+rows = st.one_of(st.sampled_from([1, 2, 3, 5, 7, 13, 31, 32, 33, 97, 257]), st.integers(1, 300))
+ncodebooks = st.one_of(st.sampled_from([1, 2, 3, 5, 16, 17, 19, 32, 40]), st.integers(1, 40))
+widths = st.one_of(st.sampled_from([1, 2, 3, 7, 10]), st.integers(1, 12))
+outputs = st.one_of(st.sampled_from([1, 2, 3, 10, 17]), st.integers(1, 24))
+block_rows = st.sampled_from([1, 3, 7, 32, 256, 1024])
+seeds = st.integers(0, 2**32 - 1)
+
+variant = pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+
+
+def pick(module, name, parallel):
+    return getattr(module, f"{name}_{'parallel' if parallel else 'serial'}")
+
+
+def assert_within(actual, expected, bound):
+    """``|actual - expected| <= bound`` elementwise, with the worst offender reported."""
+    err = np.abs(np.asarray(actual, np.float64) - expected)
+    worst = np.unravel_index(np.argmax(err - bound), err.shape) if err.size else ()
+    assert np.all(err <= bound), f"error {err[worst]} > bound {np.broadcast_to(bound, err.shape)[worst]} at {worst}"
+
+
+# ---------------------------------------------------------------------------------------
+# input builders (seeded NumPy; hypothesis chooses shapes, seeds and modes)
+
+def tree_inputs(rng, n, d, c, grid):
+    """X (n, d) float32, split_dims (c, 4), heap thresholds (c, 16).
+
+    ``grid``: X and thresholds on a coarse grid, so values equal to thresholds are common
+    (they must go left).
+    """
+    if grid:
+        X = (rng.integers(-3, 4, (n, d)) / 2).astype(np.float32)
+        thresholds = (rng.integers(-3, 4, (c, 16)) / 2).astype(np.float32)
+    else:
+        X = rng.standard_normal((n, d)).astype(np.float32)
+        thresholds = (0.7 * rng.standard_normal((c, 16))).astype(np.float32)
+    split_dims = rng.integers(0, d, (c, 4)).astype(np.int64)
+    return X, split_dims, thresholds
+
+
+def contiguous_bounds(d, c):
+    """First ``d % c`` subspaces one column wider (maddness.md §2.1)."""
+    widths = np.full(c, d // c)
+    widths[: d % c] += 1
+    return np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+
+
+def pq_inputs(rng, n, c, extra, permute):
+    """X on a quarter grid (float32 distances are then exact, ties frequent), the
+    partition and zero-padded centroids."""
+    d = c + extra
+    X = (rng.integers(-8, 9, (n, d)) / 4).astype(np.float32)
+    cols = rng.permutation(d).astype(np.int64) if permute else np.arange(d, dtype=np.int64)
+    bounds = contiguous_bounds(d, c)
+    maxw = int(np.diff(bounds).max())
+    centroids = np.zeros((c, 16, maxw), dtype=np.float32)
+    for j in range(c):
+        w = bounds[j + 1] - bounds[j]
+        centroids[j, :, :w] = rng.integers(-8, 9, (16, w)) / 4
+    return X, cols, bounds, centroids
+
+
+def group_arrays(c):
+    groups, bias = ref.ref_average_groups(c)
+    starts = np.array([s for s, _ in groups], dtype=np.int64)
+    sizes = np.array([z for _, z in groups], dtype=np.int64)
+    return starts, sizes, bias
+
+
+def random_codes(rng, n, c):
+    return rng.integers(0, 16, (n, c)).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------
+# encode_tree
+
+@variant
+@given(n=rows, d=widths, c=ncodebooks, seed=seeds, block=block_rows, grid=st.booleans())
+def test_encode_tree_matches_oracle(parallel, n, d, c, seed, block, grid):
+    X, dims, thr = tree_inputs(np.random.default_rng(seed), n, d, c, grid)
+    kernel = pick(encode, "encode_tree", parallel)
+    expected = ref.ref_encode_tree(X, dims, thr)
+    for layout in (np.ascontiguousarray(X), np.asfortranarray(X)):
+        codes = np.full((n, c), 255, dtype=np.uint8)
+        assert kernel(layout, dims, thr, codes, block) == 0
+        np.testing.assert_array_equal(codes, expected)
+
+
+def test_encode_tree_code_is_msb_first_path():
+    """One tree, hand-traced: right (1), left (0), right (1), right (1) gives 0b1011."""
+    thr = np.zeros((1, 16), dtype=np.float32)
+    thr[0, 0] = 0.0      # level 0, root
+    thr[0, 2] = 5.0      # level 1, node 1
+    thr[0, 5] = -1.0     # level 2, node 2
+    thr[0, 7 + 5] = 2.0  # level 3, node 5
+    X = np.array([[1.0, 5.0, 0.0, 3.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    dims = np.array([[0, 1, 2, 3]], dtype=np.int64)
+    assert ref.ref_encode_tree(X, dims, thr).ravel().tolist() == [0b1011, 0]
+    for parallel in (False, True):
+        codes = np.empty((2, 1), dtype=np.uint8)
+        pick(encode, "encode_tree", parallel)(X, dims, thr, codes, 1)
+        assert codes.ravel().tolist() == [0b1011, 0]
+
+
+@variant
+@given(n=rows, c=st.integers(1, 6), seed=seeds, block=block_rows,
+       bad=st.sampled_from([np.nan, np.inf, -np.inf]), fortran=st.booleans())
+def test_encode_tree_reports_nonfinite_in_split_columns_only(parallel, n, c, seed, block, bad,
+                                                             fortran):
+    rng = np.random.default_rng(seed)
+    d = 4 * c + 3
+    X, _, thr = tree_inputs(rng, n, d, c, grid=False)
+    dims = rng.permutation(d)[: 4 * c].reshape(c, 4).astype(np.int64)
+    unused = np.setdiff1d(np.arange(d), dims)
+    row = rng.integers(n)
+    kernel = pick(encode, "encode_tree", parallel)
+    order = np.asfortranarray if fortran else np.ascontiguousarray
+
+    harmless = X.copy()
+    harmless[row, rng.choice(unused)] = np.nan
+    codes = np.empty((n, c), dtype=np.uint8)
+    assert kernel(order(harmless), dims, thr, codes, block) == 0
+    np.testing.assert_array_equal(codes, ref.ref_encode_tree(harmless, dims, thr))
+
+    poisoned = X.copy()
+    poisoned[row, dims[rng.integers(c), rng.integers(4)]] = bad
+    assert ref.ref_nonfinite(poisoned, dims)
+    assert kernel(order(poisoned), dims, thr, codes, block) != 0
+
+
+def test_encode_tree_real_mnist(data_root, threads):
+    """Pixel columns are mostly exact zeros and thresholds are taken from the data, so
+    many values equal their threshold (they must go left)."""
+    if datasets.find_dataset_dir("mnist", data_root) is None:
+        pytest.skip("MNIST not found under LUTENGINE_DATA")
+    X = datasets.load_mnist("test", data_home=data_root)[0][:3001]
+    rng = np.random.default_rng(0)
+    dims = rng.choice(np.flatnonzero(X.std(axis=0) > 0.2), (32, 4)).astype(np.int64)
+    thr = X[rng.integers(0, X.shape[0], (32, 16)), dims[:, [0] + [1] * 2 + [2] * 4 + [3] * 9]]
+    thr = np.ascontiguousarray(thr, dtype=np.float32)
+    expected = ref.ref_encode_tree(X, dims, thr)
+    assert len(np.unique(expected)) == 16
+    for parallel in (False, True):
+        for layout, block in ((np.ascontiguousarray(X), 32), (np.asfortranarray(X), 1024)):
+            codes = np.empty(expected.shape, dtype=np.uint8)
+            with threads(2):
+                assert pick(encode, "encode_tree", parallel)(layout, dims, thr, codes, block) == 0
+            np.testing.assert_array_equal(codes, expected)
+
+
+# ---------------------------------------------------------------------------------------
+# encode_pq
+
+@variant
+@given(n=rows, c=ncodebooks, extra=st.integers(0, 13), seed=seeds, block=block_rows,
+       permute=st.booleans())
+def test_encode_pq_matches_oracle(parallel, n, c, extra, seed, block, permute):
+    X, cols, bounds, centroids = pq_inputs(np.random.default_rng(seed), n, c, extra, permute)
+    kernel = pick(encode, "encode_pq", parallel)
+    expected = ref.ref_encode_pq(X, cols, bounds, centroids)
+    for layout in (np.ascontiguousarray(X), np.asfortranarray(X)):
+        codes = np.full((n, c), 255, dtype=np.uint8)
+        assert kernel(layout, cols, bounds, centroids, codes, block) == 0
+        np.testing.assert_array_equal(codes, expected)
+
+
+@variant
+@given(n=rows, c=st.integers(1, 5), seed=seeds, bad=st.sampled_from([np.nan, np.inf, -np.inf]))
+def test_encode_pq_reports_nonfinite(parallel, n, c, seed, bad):
+    rng = np.random.default_rng(seed)
+    X, cols, bounds, centroids = pq_inputs(rng, n, c, 3, permute=True)
+    X[rng.integers(n), rng.integers(X.shape[1])] = bad
+    codes = np.empty((n, c), dtype=np.uint8)
+    assert pick(encode, "encode_pq", parallel)(X, cols, bounds, centroids, codes, 7) != 0
+
+
+# ---------------------------------------------------------------------------------------
+# LUT build and quantisation
+
+@given(c=ncodebooks, d=widths, m=outputs, seed=seeds)
+def test_build_luts_matches_oracle(c, d, m, seed):
+    rng = np.random.default_rng(seed)
+    P = rng.standard_normal((c, 16, d)).astype(np.float32)
+    B = rng.standard_normal((d, m)).astype(np.float32)
+    T = lut.build_luts(P, B)
+    assert T.shape == (c, 16, m) and T.dtype == np.float32
+    bound = 2 * (d + 1) * EPS32 * np.einsum("ckd,dm->ckm", np.abs(P), np.abs(B), dtype=np.float64)
+    assert_within(T, ref.ref_build_luts(P, B), bound)
+
+
+@st.composite
+def lut_tables(draw):
+    """float32 (C, 16, M) tables: random scale and shift, constant tables, integer
+    tables whose largest range is a power of two (the top entry lands on 255.5)."""
+    c, m, seed = draw(ncodebooks), draw(outputs), draw(seeds)
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(["scaled", "constant", "power_of_two_gap"]))
+    if kind == "scaled":
+        T = rng.standard_normal((c, 16, m)) * 10.0 ** rng.uniform(-3, 3) + rng.uniform(-50, 50)
+    elif kind == "constant":
+        T = np.broadcast_to(rng.standard_normal((c, 1, 1)), (c, 16, m))
+    else:
+        gap = 2 ** draw(st.integers(0, 6))
+        T = rng.integers(0, gap + 1, (c, 16, m)).astype(np.float64)
+        T[0, 0, 0], T[0, -1, -1] = 0, gap  # codebook 0 spans exactly gap
+        T += rng.integers(-9, 9, (c, 1, 1))
+    return np.ascontiguousarray(T, dtype=np.float32)
+
+
+@variant
+@given(T=lut_tables())
+def test_quantize_luts_matches_oracle(parallel, T):
+    q = np.full(T.shape, 7, dtype=np.uint8)
+    mins, scale = pick(lut, "quantize_luts", parallel)(T, q)
+    q_ref, mins_ref, scale_ref = ref.ref_quantize_luts(T)
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(np.asarray(mins, np.float64), mins_ref)
+    # the spec's 255.5 - 1e-10 rounds to 255.5 in float32, so compare in float32
+    assert np.float32(scale) == np.float32(scale_ref)
+    assert np.log2(scale / 255.5) == np.round(np.log2(scale / 255.5)) or scale == 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# scans
+
+@variant
+@given(n=rows, c=ncodebooks, m=outputs, seed=seeds, block=block_rows, full=st.booleans())
+def test_scan_average_accumulator_is_exact(parallel, n, c, m, seed, block, full):
+    """With scale 1 and no offsets the output is the raw integer accumulator."""
+    rng = np.random.default_rng(seed)
+    codes = random_codes(rng, n, c)
+    luts_q = np.full((c, 16, m), 255, np.uint8) if full else rng.integers(0, 256, (c, 16, m), np.uint8)
+    starts, sizes, _ = group_arrays(c)
+    out = np.full((n, m), np.nan, dtype=np.float32)
+    pick(scan, "scan_average", parallel)(codes, luts_q, starts, sizes, np.float32(1), np.float32(0),
+                                         np.float32(0), np.zeros(m, np.float32), out, block)
+    np.testing.assert_array_equal(out, ref.ref_average_accumulate(codes, luts_q))
+
+
+@variant
+@pytest.mark.parametrize("c", [16, 17, 255, 256])
+def test_scan_average_uint16_accumulator_does_not_overflow(parallel, c):
+    """All entries 255 at C = 256: the accumulator reaches 256 · 255 = 65280."""
+    rng = np.random.default_rng(c)
+    n, m = 37, 5
+    codes = random_codes(rng, n, c)
+    luts_q = np.full((c, 16, m), 255, dtype=np.uint8)
+    starts, sizes, _ = group_arrays(c)
+    out = np.empty((n, m), dtype=np.float32)
+    pick(scan, "scan_average", parallel)(codes, luts_q, starts, sizes, np.float32(1), np.float32(0),
+                                         np.float32(0), np.zeros(m, np.float32), out, 8)
+    assert np.all(out == 255 * c)
+
+
+@variant
+@given(n=rows, c=ncodebooks, m=outputs, seed=seeds, block=block_rows, log_scale=st.integers(-8, 8))
+def test_scan_average_dequantises(parallel, n, c, m, seed, block, log_scale):
+    rng = np.random.default_rng(seed)
+    codes = random_codes(rng, n, c)
+    luts_q = rng.integers(0, 256, (c, 16, m), dtype=np.uint8)
+    scale = np.float32(2.0**log_scale * 255.5)
+    offset = np.float32(rng.uniform(-100, 100))
+    out_bias = rng.standard_normal(m).astype(np.float32)
+    starts, sizes, bias = group_arrays(c)
+    out = np.empty((n, m), dtype=np.float32)
+    pick(scan, "scan_average", parallel)(codes, luts_q, starts, sizes, scale, offset,
+                                         np.float32(bias), out_bias, out, block)
+    expected = ref.ref_scan_average(codes, luts_q, scale, offset, out_bias)
+    magnitude = (255.0 * c + bias) / scale + abs(offset) + np.abs(out_bias)
+    assert_within(out, expected, 4 * EPS32 * magnitude)
+
+
+@variant
+@given(n=rows, c=ncodebooks, m=outputs, seed=seeds, block=block_rows)
+def test_scan_float_matches_oracle(parallel, n, c, m, seed, block):
+    rng = np.random.default_rng(seed)
+    codes = random_codes(rng, n, c)
+    luts = (rng.standard_normal((c, 16, m)) * 10.0 ** rng.uniform(-2, 2)).astype(np.float32)
+    out_bias = rng.standard_normal(m).astype(np.float32)
+    out = np.full((n, m), np.nan, dtype=np.float32)
+    pick(scan, "scan_float", parallel)(codes, luts, out_bias, out, block)
+    terms = np.abs(luts[np.arange(c)[None, :], codes]).astype(np.float64).sum(axis=1) + np.abs(out_bias)
+    assert_within(out, ref.ref_scan_float(codes, luts, out_bias), (c + 1) * EPS32 * terms)
+
+
+def test_average_groups_match_oracle():
+    for c in range(1, 301):
+        starts, sizes, bias = _dispatch.average_groups(c)
+        groups, bias_ref = ref.ref_average_groups(c)
+        assert list(zip(starts.tolist(), sizes.tolist())) == groups
+        assert bias == pytest.approx(bias_ref, rel=1e-12)
+        assert sizes.sum() == c and np.all(sizes & (sizes - 1) == 0) and sizes.max() <= 16
+
+
+@pytest.mark.parametrize("c,u,std", [(2, 2, 0.50), (4, 4, 1.22), (8, 8, 2.64), (16, 16, 5.49),
+                                     (32, 16, 7.75), (64, 16, 10.93)])
+def test_averaging_bias_table(c, u, std):
+    """maddness.md §4.3: on uniform uint8 tables, Σ size · average exceeds the exact sum
+    by C/4 · log2(U) quanta on average.
+
+    A row's error is a function of the table entries it reads, so entries shared by
+    rows would make the samples correlated and the standard error dishonest. Here each
+    codebook's code column is a permutation of 0..15 over 16 rows, so every entry is
+    read exactly once, and 12800 outputs give 204800 independent samples (the spec's
+    table used 200k).
+    """
+    rng = np.random.default_rng(c)
+    m = 12_800
+    codes = np.stack([rng.permutation(16) for _ in range(c)], axis=1).astype(np.uint8)
+    luts_q = rng.integers(0, 256, (c, 16, m), dtype=np.uint8)
+    starts, sizes, bias = _dispatch.average_groups(c)
+    assert sizes.max() == u and bias == pytest.approx(c / 4 * np.log2(u))
+    out = np.empty((codes.shape[0], m), dtype=np.float32)
+    scan.scan_average_serial(codes, luts_q, starts, sizes, np.float32(1), np.float32(0),
+                             np.float32(0), np.zeros(m, np.float32), out, 256)
+    exact = sum(luts_q[j, codes[:, j]].astype(np.int64) for j in range(c))
+    err = (out - exact).ravel()
+    stderr = err.std() / np.sqrt(err.size)
+    assert abs(err.mean() - c / 4 * np.log2(u)) < 4 * stderr
+    # the corrected scan is unbiased, and the spread is the table's
+    assert abs((err - bias).mean()) < 4 * stderr
+    assert err.std() == pytest.approx(std, rel=0.03)
+
+
+# ---------------------------------------------------------------------------------------
+# one-hot products
+
+@variant
+@given(n=rows, c=ncodebooks, seed=seeds, chunk=st.sampled_from([1, 3, 7, 64, 8192]))
+def test_onehot_gram_matches_oracle(parallel, n, c, seed, chunk):
+    chunk = max(chunk, -(-n // 8))  # at most 8 partial K x K sums
+    codes = random_codes(np.random.default_rng(seed), n, c)
+    gram = pick(onehot, "onehot_gram", parallel)(codes, chunk)
+    np.testing.assert_array_equal(gram, ref.ref_onehot_gram(codes))
+
+
+@variant
+@given(n=rows, c=ncodebooks, d=widths, seed=seeds, chunk=st.sampled_from([1, 3, 7, 64, 8192]))
+def test_onehot_rowsum_matches_oracle(parallel, n, c, d, seed, chunk):
+    chunk = max(chunk, -(-n // 8))
+    rng = np.random.default_rng(seed)
+    codes = random_codes(rng, n, c)
+    A = rng.standard_normal((n, d)).astype(np.float32)
+    rowsum = pick(onehot, "onehot_rowsum", parallel)(codes, A, chunk)
+    bound = 2 * n * EPS64 * (ref.ref_onehot(codes).T @ np.abs(A.astype(np.float64)))
+    assert_within(rowsum, ref.ref_onehot_rowsum(codes, A), bound)
+
+
+# ---------------------------------------------------------------------------------------
+# thread-count invariance: parallel with 1 and 2 threads and serial give the same bits
+
+def case_encode_tree(rng, n):
+    X, dims, thr = tree_inputs(rng, n, 9, 7, grid=False)
+
+    def run(kernel):
+        codes = np.empty((n, 7), dtype=np.uint8)
+        return kernel(X, dims, thr, codes, 16), codes
+    return encode, "encode_tree", run
+
+
+def case_encode_pq(rng, n):
+    X, cols, bounds, centroids = pq_inputs(rng, n, 5, 4, permute=True)
+
+    def run(kernel):
+        codes = np.empty((n, 5), dtype=np.uint8)
+        return kernel(X, cols, bounds, centroids, codes, 16), codes
+    return encode, "encode_pq", run
+
+
+def case_quantize_luts(rng, n):
+    T = rng.standard_normal((19, 16, n % 23 + 1)).astype(np.float32)
+
+    def run(kernel):
+        q = np.empty(T.shape, dtype=np.uint8)
+        mins, scale = kernel(T, q)
+        return q, mins, scale
+    return lut, "quantize_luts", run
+
+
+def case_scan_average(rng, n):
+    codes = random_codes(rng, n, 19)
+    luts_q = rng.integers(0, 256, (19, 16, 6), dtype=np.uint8)
+    starts, sizes, bias = group_arrays(19)
+    out_bias = rng.standard_normal(6).astype(np.float32)
+
+    def run(kernel):
+        out = np.empty((n, 6), dtype=np.float32)
+        kernel(codes, luts_q, starts, sizes, np.float32(3.9921875), np.float32(-1.5),
+               np.float32(bias), out_bias, out, 16)
+        return (out,)
+    return scan, "scan_average", run
+
+
+def case_scan_float(rng, n):
+    codes = random_codes(rng, n, 19)
+    luts = rng.standard_normal((19, 16, 6)).astype(np.float32)
+    out_bias = rng.standard_normal(6).astype(np.float32)
+
+    def run(kernel):
+        out = np.empty((n, 6), dtype=np.float32)
+        kernel(codes, luts, out_bias, out, 16)
+        return (out,)
+    return scan, "scan_float", run
+
+
+def case_onehot_gram(rng, n):
+    codes = random_codes(rng, n, 5)
+    return onehot, "onehot_gram", lambda kernel: (kernel(codes, 16),)
+
+
+def case_onehot_rowsum(rng, n):
+    codes = random_codes(rng, n, 5)
+    A = rng.standard_normal((n, 7)).astype(np.float32)
+    return onehot, "onehot_rowsum", lambda kernel: (kernel(codes, A, 16),)
+
+
+@pytest.mark.parametrize("case", [case_encode_tree, case_encode_pq, case_quantize_luts,
+                                  case_scan_average, case_scan_float, case_onehot_gram,
+                                  case_onehot_rowsum], ids=lambda f: f.__name__[5:])
+@given(n=st.one_of(st.sampled_from([1, 17, 97, 1000]), st.integers(1, 700)), seed=seeds)
+def test_results_do_not_depend_on_threads(threads, case, n, seed):
+    module, name, run = case(np.random.default_rng(seed), n)
+    with threads(1):
+        one = run(pick(module, name, True))
+    with threads(2):
+        two = run(pick(module, name, True))
+    serial = run(pick(module, name, False))
+    for a, b, s in zip(one, two, serial):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, s)
+
+
+# ---------------------------------------------------------------------------------------
+# best_split
+
+@st.composite
+def split_buckets(draw):
+    """X (float32), the bucket's row ids (a shuffled subset) and a column. Modes: few
+    distinct values (ties in values and in losses), continuous, constant split column."""
+    n_total, d, seed = draw(st.integers(1, 60)), draw(st.integers(1, 6)), draw(seeds)
+    rng = np.random.default_rng(seed)
+    mode = draw(st.sampled_from(["ties", "continuous", "constant"]))
+    if mode == "continuous":
+        X = rng.standard_normal((n_total, d)) * 10.0 ** rng.uniform(-2, 2, d)
+    else:
+        X = rng.integers(0, 4, (n_total, d)).astype(np.float64)
+    dim = draw(st.integers(0, d - 1))
+    if mode == "constant":
+        X[:, dim] = rng.integers(-3, 3)
+    n = draw(st.integers(0, n_total))
+    rows = rng.permutation(n_total)[:n].astype(np.int64)
+    return np.ascontiguousarray(X, dtype=np.float32), rows, dim
+
+
+@given(bucket=split_buckets())
+def test_best_split_matches_brute_force(bucket):
+    X, rows, dim = bucket
+    loss, threshold = split.best_split(X, rows, dim)
+    loss_ref, threshold_ref, losses = ref.ref_best_split(X, rows, dim)
+    scale = float((X[rows].astype(np.float64) ** 2).sum()) + 1.0
+    tol = 1e-9 * scale
+    assert loss == pytest.approx(loss_ref, abs=tol)
+    if losses.size == 0:  # no cut: everything goes left
+        assert threshold == threshold_ref
+        return
+    values = X[rows, dim]
+    assert values.min() <= threshold < values.max()
+    # the kernel's cut is optimal, and it is the oracle's cut when the optimum is clear
+    assert ref.ref_split_loss(X, rows, dim, threshold) == pytest.approx(loss_ref, abs=tol)
+    if np.sum(losses <= loss_ref + 1e3 * tol) == 1:
+        np.testing.assert_array_equal(values > threshold, values > threshold_ref)
+        assert abs(threshold - threshold_ref) <= abs(np.spacing(np.float32(threshold_ref)))
+
+
+def test_best_split_adjacent_floats_keep_the_cut():
+    """Two adjacent float32 values: their midpoint rounds onto one of them; the
+    threshold must still separate them."""
+    lo = np.float32(1.0)
+    hi = np.nextafter(lo, np.float32(2.0))
+    X = np.array([[lo], [hi], [lo], [hi]], dtype=np.float32)
+    loss, threshold = split.best_split(X, np.arange(4, dtype=np.int64), 0)
+    assert lo <= threshold < hi
+    assert loss == pytest.approx(0.0, abs=1e-12)
+
+
+def test_best_split_exact_tie_takes_first_cut():
+    """Values 0, 4, 5, 9: cutting after 0 or after 5 both give SSE 14 exactly (in any
+    float arithmetic); the first cut in sorted order wins, whatever the row order."""
+    X = np.array([[9.0], [0.0], [5.0], [4.0]], dtype=np.float32)
+    rows = np.arange(4, dtype=np.int64)
+    loss_ref, threshold_ref, losses = ref.ref_best_split(X, rows, 0)
+    assert losses.tolist() == [14.0, 16.0, 14.0] and threshold_ref == 2.0
+    assert split.best_split(X, rows, 0) == (14.0, 2.0)
+    assert split.best_split(X, rows[::-1].copy(), 0) == (14.0, 2.0)
