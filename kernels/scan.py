@@ -73,8 +73,8 @@ def _scan_average_rows(codes, luts, group_starts, group_sizes, scale, offset, bi
 
 @njit(**JIT)
 def scan_average_serial(codes, luts, group_starts, group_sizes, scale, offset, bias, out_bias,
-                        out, block_rows):
-    """Serial twin of :func:`scan_average_parallel`."""
+                        out, block_rows, nworkers):
+    """Serial twin of :func:`scan_average_parallel` (``nworkers`` is ignored)."""
     M = luts.shape[2]
     _scan_average_rows(codes, luts, group_starts, group_sizes, scale, offset, bias, out_bias,
                        out, 0, codes.shape[0], np.empty(M, np.uint16), np.empty((8, M), np.uint8))
@@ -82,17 +82,20 @@ def scan_average_serial(codes, luts, group_starts, group_sizes, scale, offset, b
 
 @njit(**PJIT)
 def scan_average_parallel(codes, luts, group_starts, group_sizes, scale, offset, bias, out_bias,
-                          out, block_rows):
-    """Quantised MADDNESS scan of uint8 ``luts[C, 16, M]`` into float32 ``out[N, M]``."""
+                          out, block_rows, nworkers):
+    """Quantised MADDNESS scan of uint8 ``luts[C, 16, M]`` into float32 ``out[N, M]``;
+    each of ``nworkers`` workers takes every ``nworkers``-th block of rows."""
     nblocks = (codes.shape[0] + block_rows - 1) // block_rows
+    nworkers = max(1, min(nworkers, nblocks))
     M = luts.shape[2]
-    acc = np.empty((nblocks, M), np.uint16)
-    pairs = np.empty((nblocks, 8, M), np.uint8)
-    for b in prange(nblocks):
-        start = b * block_rows
-        stop = min(start + block_rows, codes.shape[0])
-        _scan_average_rows(codes, luts, group_starts, group_sizes, scale, offset, bias, out_bias,
-                           out, start, stop, acc[b], pairs[b])
+    acc = np.empty((nworkers, M), np.uint16)
+    pairs = np.empty((nworkers, 8, M), np.uint8)
+    for w in prange(nworkers):
+        for b in range(w, nblocks, nworkers):
+            start = b * block_rows
+            stop = min(start + block_rows, codes.shape[0])
+            _scan_average_rows(codes, luts, group_starts, group_sizes, scale, offset, bias,
+                               out_bias, out, start, stop, acc[w], pairs[w])
 
 
 @njit(**INLINE)

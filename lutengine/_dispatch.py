@@ -16,10 +16,10 @@ def _parallel(nrows):
 def encode_tree(X, split_dims, thresholds):
     """uint8 codes (n, C) and whether a NaN/Inf was read."""
     codes = np.empty((X.shape[0], split_dims.shape[0]), dtype=np.uint8)
-    block = config.ENCODE_BLOCK_ROWS_F if X.flags.f_contiguous and not X.flags.c_contiguous \
-        else config.ENCODE_BLOCK_ROWS_C
+    columns_contiguous = X.flags.f_contiguous and not X.flags.c_contiguous
+    block = config.ENCODE_BLOCK_ROWS_F if columns_contiguous else config.ENCODE_BLOCK_ROWS_C
     kernel = encode.encode_tree_parallel if _parallel(X.shape[0]) else encode.encode_tree_serial
-    nonfinite = kernel(X, split_dims, thresholds, codes, block)
+    nonfinite = kernel(X, split_dims, thresholds, codes, block, columns_contiguous, numba.get_num_threads())
     return codes, nonfinite
 
 
@@ -48,7 +48,7 @@ def scan_average(codes, luts_q, scale, offset, out_bias):
     out = np.empty((codes.shape[0], luts_q.shape[2]), dtype=np.float32)
     kernel = scan.scan_average_parallel if _parallel(codes.shape[0]) else scan.scan_average_serial
     kernel(codes, luts_q, starts, sizes, np.float32(scale), np.float32(offset), np.float32(bias),
-           out_bias, out, config.SCAN_BLOCK_ROWS)
+           out_bias, out, config.SCAN_BLOCK_ROWS, numba.get_num_threads())
     return out
 
 

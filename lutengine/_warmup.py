@@ -20,8 +20,8 @@ def warmup():
     centroids = rng.standard_normal((2, 16, 4)).astype(np.float32)
     compiled = 0
     for variant in (encode.encode_tree_serial, encode.encode_tree_parallel):
-        variant(X, dims, thresholds, codes, 8)
-        variant(XF, dims, thresholds, codes, 8)
+        variant(X, dims, thresholds, codes, 8, False, 2)
+        variant(XF, dims, thresholds, codes, 8, True, 2)
         compiled += 1
     for variant in (encode.encode_pq_serial, encode.encode_pq_parallel):
         variant(X, cols, bounds, centroids, codes, 8)
@@ -38,7 +38,7 @@ def warmup():
     out = np.empty((40, 3), dtype=np.float32)
     out_bias = np.zeros(3, dtype=np.float32)
     for variant in (scan.scan_average_serial, scan.scan_average_parallel):
-        variant(codes, luts_q, starts, sizes, scale, np.float32(0), np.float32(bias), out_bias, out, 8)
+        variant(codes, luts_q, starts, sizes, scale, np.float32(0), np.float32(bias), out_bias, out, 8, 2)
         compiled += 1
     for variant in (scan.scan_float_serial, scan.scan_float_parallel):
         variant(codes, luts, out_bias, out, 8)

@@ -6,6 +6,7 @@ roundings. Parallel variants must give the same bits with 1 and 2 threads as the
 variant.
 """
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
@@ -27,6 +28,11 @@ block_rows = st.sampled_from([1, 3, 7, 32, 256, 1024])
 seeds = st.integers(0, 2**32 - 1)
 
 variant = pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+
+
+def nthreads():
+    """The worker count the dispatcher passes: the current Numba thread count."""
+    return numba.get_num_threads()
 
 
 def pick(module, name, parallel):
@@ -95,6 +101,11 @@ def random_codes(rng, n, c):
 # ---------------------------------------------------------------------------------------
 # encode_tree
 
+def fortran(X):
+    """The kernel's ``columns_contiguous`` flag for a layout."""
+    return X.flags.f_contiguous and not X.flags.c_contiguous
+
+
 @variant
 @given(n=rows, d=widths, c=ncodebooks, seed=seeds, block=block_rows, grid=st.booleans())
 def test_encode_tree_matches_oracle(parallel, n, d, c, seed, block, grid):
@@ -103,7 +114,7 @@ def test_encode_tree_matches_oracle(parallel, n, d, c, seed, block, grid):
     expected = ref.ref_encode_tree(X, dims, thr)
     for layout in (np.ascontiguousarray(X), np.asfortranarray(X)):
         codes = np.full((n, c), 255, dtype=np.uint8)
-        assert kernel(layout, dims, thr, codes, block) == 0
+        assert kernel(layout, dims, thr, codes, block, fortran(layout), nthreads()) == 0
         np.testing.assert_array_equal(codes, expected)
 
 
@@ -119,7 +130,7 @@ def test_encode_tree_code_is_msb_first_path():
     assert ref.ref_encode_tree(X, dims, thr).ravel().tolist() == [0b1011, 0]
     for parallel in (False, True):
         codes = np.empty((2, 1), dtype=np.uint8)
-        pick(encode, "encode_tree", parallel)(X, dims, thr, codes, 1)
+        pick(encode, "encode_tree", parallel)(X, dims, thr, codes, 1, False, nthreads())
         assert codes.ravel().tolist() == [0b1011, 0]
 
 
@@ -140,13 +151,13 @@ def test_encode_tree_reports_nonfinite_in_split_columns_only(parallel, n, c, see
     harmless = X.copy()
     harmless[row, rng.choice(unused)] = np.nan
     codes = np.empty((n, c), dtype=np.uint8)
-    assert kernel(order(harmless), dims, thr, codes, block) == 0
+    assert kernel(order(harmless), dims, thr, codes, block, fortran, nthreads()) == 0
     np.testing.assert_array_equal(codes, ref.ref_encode_tree(harmless, dims, thr))
 
     poisoned = X.copy()
     poisoned[row, dims[rng.integers(c), rng.integers(4)]] = bad
     assert ref.ref_nonfinite(poisoned, dims)
-    assert kernel(order(poisoned), dims, thr, codes, block) != 0
+    assert kernel(order(poisoned), dims, thr, codes, block, fortran, nthreads()) != 0
 
 
 def test_encode_tree_real_mnist(data_root, threads):
@@ -165,7 +176,8 @@ def test_encode_tree_real_mnist(data_root, threads):
         for layout, block in ((np.ascontiguousarray(X), 32), (np.asfortranarray(X), 1024)):
             codes = np.empty(expected.shape, dtype=np.uint8)
             with threads(2):
-                assert pick(encode, "encode_tree", parallel)(layout, dims, thr, codes, block) == 0
+                assert pick(encode, "encode_tree", parallel)(layout, dims, thr, codes, block,
+                                                               fortran(layout), nthreads()) == 0
             np.testing.assert_array_equal(codes, expected)
 
 
@@ -254,7 +266,7 @@ def test_scan_average_accumulator_is_exact(parallel, n, c, m, seed, block, full)
     starts, sizes, _ = group_arrays(c)
     out = np.full((n, m), np.nan, dtype=np.float32)
     pick(scan, "scan_average", parallel)(codes, luts_q, starts, sizes, np.float32(1), np.float32(0),
-                                         np.float32(0), np.zeros(m, np.float32), out, block)
+                                         np.float32(0), np.zeros(m, np.float32), out, block, nthreads())
     np.testing.assert_array_equal(out, ref.ref_average_accumulate(codes, luts_q))
 
 
@@ -269,7 +281,7 @@ def test_scan_average_uint16_accumulator_does_not_overflow(parallel, c):
     starts, sizes, _ = group_arrays(c)
     out = np.empty((n, m), dtype=np.float32)
     pick(scan, "scan_average", parallel)(codes, luts_q, starts, sizes, np.float32(1), np.float32(0),
-                                         np.float32(0), np.zeros(m, np.float32), out, 8)
+                                         np.float32(0), np.zeros(m, np.float32), out, 8, nthreads())
     assert np.all(out == 255 * c)
 
 
@@ -285,7 +297,7 @@ def test_scan_average_dequantises(parallel, n, c, m, seed, block, log_scale):
     starts, sizes, bias = group_arrays(c)
     out = np.empty((n, m), dtype=np.float32)
     pick(scan, "scan_average", parallel)(codes, luts_q, starts, sizes, scale, offset,
-                                         np.float32(bias), out_bias, out, block)
+                                         np.float32(bias), out_bias, out, block, nthreads())
     expected = ref.ref_scan_average(codes, luts_q, scale, offset, out_bias)
     magnitude = (255.0 * c + bias) / scale + abs(offset) + np.abs(out_bias)
     assert_within(out, expected, 4 * EPS32 * magnitude)
@@ -333,7 +345,7 @@ def test_averaging_bias_table(c, u, std):
     assert sizes.max() == u and bias == pytest.approx(c / 4 * np.log2(u))
     out = np.empty((codes.shape[0], m), dtype=np.float32)
     scan.scan_average_serial(codes, luts_q, starts, sizes, np.float32(1), np.float32(0),
-                             np.float32(0), np.zeros(m, np.float32), out, 256)
+                             np.float32(0), np.zeros(m, np.float32), out, 256, 1)
     exact = sum(luts_q[j, codes[:, j]].astype(np.int64) for j in range(c))
     err = (out - exact).ravel()
     stderr = err.std() / np.sqrt(err.size)
@@ -375,7 +387,7 @@ def case_encode_tree(rng, n):
 
     def run(kernel):
         codes = np.empty((n, 7), dtype=np.uint8)
-        return kernel(X, dims, thr, codes, 16), codes
+        return kernel(X, dims, thr, codes, 16, False, nthreads()), codes
     return encode, "encode_tree", run
 
 
@@ -407,7 +419,7 @@ def case_scan_average(rng, n):
     def run(kernel):
         out = np.empty((n, 6), dtype=np.float32)
         kernel(codes, luts_q, starts, sizes, np.float32(3.9921875), np.float32(-1.5),
-               np.float32(bias), out_bias, out, 16)
+               np.float32(bias), out_bias, out, 16, nthreads())
         return (out,)
     return scan, "scan_average", run
 
