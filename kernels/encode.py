@@ -25,52 +25,56 @@ def _pick(bit, if_set, if_clear):
 
 
 @njit(**INLINE)
+def _tree_codes(v0, v1, v2, v3, first, nrows, t, out):
+    """Codes of one tree for rows first..first+nrows-1 of its 4 split-value vectors, into
+    out[0:nrows]; returns 0 unless a value is NaN or ±Inf (0 · x is NaN for those).
+
+    Branch-free: the node's threshold is picked by selects, so LLVM vectorises the loop
+    across rows without gathers.
+    """
+    t0, t1, t2, t3, t4, t5, t6, t7 = t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]
+    t8, t9, t10, t11, t12, t13, t14 = t[8], t[9], t[10], t[11], t[12], t[13], t[14]
+    poison = np.float32(0.0)
+    for i in range(nrows):
+        x0, x1, x2, x3 = v0[first + i], v1[first + i], v2[first + i], v3[first + i]
+        b0 = x0 > t0
+        b1 = x1 > _pick(b0, t2, t1)
+        b2 = x2 > _pick(b0, _pick(b1, t6, t5), _pick(b1, t4, t3))
+        b3 = x3 > _pick(b0, _pick(b1, _pick(b2, t14, t13), _pick(b2, t12, t11)),
+                        _pick(b1, _pick(b2, t10, t9), _pick(b2, t8, t7)))
+        out[i] = (np.uint8(b0) << np.uint8(3)) | (np.uint8(b1) << np.uint8(2)) \
+            | (np.uint8(b2) << np.uint8(1)) | np.uint8(b3)
+        poison += np.float32(0.0) * x0 + np.float32(0.0) * x1 + np.float32(0.0) * x2 \
+            + np.float32(0.0) * x3
+    return poison
+
+
+@njit(**INLINE)
 def _encode_tree_rows(X, split_dims, thresholds, codes, start, stop, columns_contiguous,
                       values, block_codes):
-    """Encode rows start..stop-1; return 1 if a value read was NaN/Inf, else 0.
+    """Encode rows start..stop-1 of X into the same rows of codes; return 1 if a value
+    read was NaN/Inf, else 0.
 
-    The split values of the block are first gathered into ``values[c, level, i]``
-    (column copies for F-ordered X, row reads for C-ordered X); the trees then run
-    branch-free over contiguous lanes, the node's threshold picked by selects, which
-    LLVM vectorises without gathers.
+    F-ordered X: the trees read their split columns in place. C-ordered X: the block's
+    split values are first gathered row by row into ``values[c, level, i]``.
     """
     nrows = stop - start
     C = split_dims.shape[0]
+    poison = np.float32(0.0)
     if columns_contiguous:
         for c in range(C):
-            for level in range(4):
-                col = X[:, split_dims[c, level]]
-                dst = values[c, level]
-                for i in range(nrows):
-                    dst[i] = col[start + i]
+            poison += _tree_codes(X[:, split_dims[c, 0]], X[:, split_dims[c, 1]],
+                                  X[:, split_dims[c, 2]], X[:, split_dims[c, 3]], start, nrows,
+                                  thresholds[c], block_codes[c])
     else:
         for i in range(nrows):
             row = X[start + i]
             for c in range(C):
                 for level in range(4):
                     values[c, level, i] = row[split_dims[c, level]]
-    # poison stays 0 unless a value is NaN or ±Inf (0 · x is NaN for those)
-    poison = np.float32(0.0)
-    for c in range(C):
-        t = thresholds[c]
-        t0, t1, t2, t3, t4, t5, t6, t7 = t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]
-        t8, t9, t10, t11, t12, t13, t14 = t[8], t[9], t[10], t[11], t[12], t[13], t[14]
-        v0 = values[c, 0]
-        v1 = values[c, 1]
-        v2 = values[c, 2]
-        v3 = values[c, 3]
-        out = block_codes[c]
-        for i in range(nrows):
-            x0, x1, x2, x3 = v0[i], v1[i], v2[i], v3[i]
-            b0 = x0 > t0
-            b1 = x1 > _pick(b0, t2, t1)
-            b2 = x2 > _pick(b0, _pick(b1, t6, t5), _pick(b1, t4, t3))
-            b3 = x3 > _pick(b0, _pick(b1, _pick(b2, t14, t13), _pick(b2, t12, t11)),
-                            _pick(b1, _pick(b2, t10, t9), _pick(b2, t8, t7)))
-            out[i] = (np.uint8(b0) << np.uint8(3)) | (np.uint8(b1) << np.uint8(2)) \
-                | (np.uint8(b2) << np.uint8(1)) | np.uint8(b3)
-            poison += np.float32(0.0) * x0 + np.float32(0.0) * x1 + np.float32(0.0) * x2 \
-                + np.float32(0.0) * x3
+        for c in range(C):
+            poison += _tree_codes(values[c, 0], values[c, 1], values[c, 2], values[c, 3], 0, nrows,
+                                  thresholds[c], block_codes[c])
     for i in range(nrows):
         for c in range(C):
             codes[start + i, c] = block_codes[c, i]
@@ -102,15 +106,16 @@ def encode_tree_parallel(X, split_dims, thresholds, codes, block_rows, columns_c
     C = split_dims.shape[0]
     nblocks = (X.shape[0] + block_rows - 1) // block_rows
     nworkers = max(1, min(nworkers, nblocks))
-    values = np.empty((nworkers, C, 4, block_rows), dtype=np.float32)
-    block_codes = np.empty((nworkers, C, block_rows), dtype=np.uint8)
     counts = np.zeros(nworkers, dtype=np.int64)
     for w in prange(nworkers):
+        # scratch allocated once per worker: private, so LLVM knows it aliases nothing
+        values = np.empty((C, 4, block_rows), dtype=np.float32)
+        block_codes = np.empty((C, block_rows), dtype=np.uint8)
         for b in range(w, nblocks, nworkers):
             start = b * block_rows
             stop = min(start + block_rows, X.shape[0])
             counts[w] += _encode_tree_rows(X, split_dims, thresholds, codes, start, stop,
-                                           columns_contiguous, values[w], block_codes[w])
+                                           columns_contiguous, values, block_codes)
     return counts.sum()
 
 

@@ -21,15 +21,15 @@ from ._flags import INLINE, JIT, PJIT
 
 
 @njit(**INLINE)
-def _average_group(codes, luts, n, c0, size, pairs):
-    """Rounded-average tree over codebooks c0 .. c0+size-1 of row n, left in pairs[0]."""
+def _average_group(row_codes, luts, c0, size, pairs):
+    """Rounded-average tree over codebooks c0 .. c0+size-1 of one row, left in pairs[0]."""
     one = np.uint16(1)
     half = size // 2
     for j in range(half):
-        a = luts[c0 + 2 * j, codes[n, c0 + 2 * j]]
-        b = luts[c0 + 2 * j + 1, codes[n, c0 + 2 * j + 1]]
+        a = luts[c0 + 2 * j, row_codes[c0 + 2 * j]]
+        b = luts[c0 + 2 * j + 1, row_codes[c0 + 2 * j + 1]]
         p = pairs[j]
-        for m in range(p.shape[0]):
+        for m in range(luts.shape[2]):
             p[m] = (np.uint16(a[m]) + np.uint16(b[m]) + one) >> one
     while half > 1:
         half //= 2
@@ -37,37 +37,48 @@ def _average_group(codes, luts, n, c0, size, pairs):
             p = pairs[j]
             x = pairs[2 * j]
             y = pairs[2 * j + 1]
-            for m in range(p.shape[0]):
+            for m in range(luts.shape[2]):
                 p[m] = (np.uint16(x[m]) + np.uint16(y[m]) + one) >> one
+
+
+@njit(**INLINE)
+def _padded_tables(luts):
+    """A copy of the tables with M padded to a multiple of 32 (zeros): every loop over
+    outputs then runs in whole 32-byte vectors, with no scalar remainder."""
+    padded = np.zeros((luts.shape[0], luts.shape[1], (luts.shape[2] + 31) // 32 * 32), np.uint8)
+    padded[:, :, : luts.shape[2]] = luts
+    return padded
 
 
 @njit(**INLINE)
 def _scan_average_rows(codes, luts, group_starts, group_sizes, scale, offset, bias, out_bias,
                        out, start, stop, acc, pairs):
-    M = luts.shape[2]
+    """Rows start..stop-1 of out from the same rows of codes."""
+    M = luts.shape[2]  # padded width; out has the true width
     inv_scale = np.float32(1.0) / scale
     for n in range(start, stop):
+        row_codes = codes[n]
         acc[:] = 0
         for g in range(group_starts.shape[0]):
             c0 = group_starts[g]
             size = group_sizes[g]
             # literal sizes let LLVM unroll the averaging tree
             if size == 16:
-                _average_group(codes, luts, n, c0, 16, pairs)
+                _average_group(row_codes, luts, c0, 16, pairs)
             elif size == 8:
-                _average_group(codes, luts, n, c0, 8, pairs)
+                _average_group(row_codes, luts, c0, 8, pairs)
             elif size == 4:
-                _average_group(codes, luts, n, c0, 4, pairs)
+                _average_group(row_codes, luts, c0, 4, pairs)
             elif size == 2:
-                _average_group(codes, luts, n, c0, 2, pairs)
+                _average_group(row_codes, luts, c0, 2, pairs)
             else:
-                pairs[0, :] = luts[c0, codes[n, c0]]
+                pairs[0, :] = luts[c0, row_codes[c0]]
             weight = np.uint16(size)
             p = pairs[0]
             for m in range(M):
                 acc[m] += weight * np.uint16(p[m])
         o = out[n]
-        for m in range(M):
+        for m in range(o.shape[0]):
             o[m] = (np.float32(acc[m]) - bias) * inv_scale + offset + out_bias[m]
 
 
@@ -75,8 +86,9 @@ def _scan_average_rows(codes, luts, group_starts, group_sizes, scale, offset, bi
 def scan_average_serial(codes, luts, group_starts, group_sizes, scale, offset, bias, out_bias,
                         out, block_rows, nworkers):
     """Serial twin of :func:`scan_average_parallel` (``nworkers`` is ignored)."""
-    M = luts.shape[2]
-    _scan_average_rows(codes, luts, group_starts, group_sizes, scale, offset, bias, out_bias,
+    padded = _padded_tables(luts)
+    M = padded.shape[2]
+    _scan_average_rows(codes, padded, group_starts, group_sizes, scale, offset, bias, out_bias,
                        out, 0, codes.shape[0], np.empty(M, np.uint16), np.empty((8, M), np.uint8))
 
 
@@ -87,15 +99,17 @@ def scan_average_parallel(codes, luts, group_starts, group_sizes, scale, offset,
     each of ``nworkers`` workers takes every ``nworkers``-th block of rows."""
     nblocks = (codes.shape[0] + block_rows - 1) // block_rows
     nworkers = max(1, min(nworkers, nblocks))
-    M = luts.shape[2]
-    acc = np.empty((nworkers, M), np.uint16)
-    pairs = np.empty((nworkers, 8, M), np.uint8)
+    padded = _padded_tables(luts)
+    M = padded.shape[2]
     for w in prange(nworkers):
+        # scratch allocated once per worker: private, so LLVM knows it aliases nothing
+        acc = np.empty(M, np.uint16)
+        pairs = np.empty((8, M), np.uint8)
         for b in range(w, nblocks, nworkers):
             start = b * block_rows
             stop = min(start + block_rows, codes.shape[0])
-            _scan_average_rows(codes, luts, group_starts, group_sizes, scale, offset, bias,
-                               out_bias, out, start, stop, acc[w], pairs[w])
+            _scan_average_rows(codes, padded, group_starts, group_sizes, scale, offset, bias,
+                               out_bias, out, start, stop, acc, pairs)
 
 
 @njit(**INLINE)

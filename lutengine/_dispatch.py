@@ -1,6 +1,8 @@
 """Choosing the kernel variant (serial or parallel) and the block sizes, and allocating
 outputs. Results do not depend on the choice (tests/test_kernels.py checks 1 vs 2 threads)."""
 
+import functools
+
 import numba
 import numpy as np
 
@@ -30,6 +32,7 @@ def encode_pq(X, subspace_cols, subspace_bounds, centroids):
     return codes, nonfinite
 
 
+@functools.lru_cache(maxsize=None)
 def average_groups(ncodebooks):
     """Group layout of the averaged accumulation: runs of 16 codebooks, the remainder
     split into powers of two. Returns (starts, sizes, bias) with the rounding bias
@@ -40,6 +43,7 @@ def average_groups(ncodebooks):
     sizes = np.array(sizes, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     bias = float(np.sum(sizes / 4.0 * np.log2(sizes)))
+    starts.flags.writeable = sizes.flags.writeable = False  # cached: shared by every call
     return starts, sizes, bias
 
 

@@ -13,7 +13,8 @@ import zipfile
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
-from tqdm.auto import tqdm
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
 from . import _dispatch, partition, trees
 from ._validation import (
@@ -102,16 +103,22 @@ class _LutEstimator:
 
     def predict(self, A):
         """≈ ``A @ B + bias`` as float32 (n, M). A may be C- or F-ordered."""
-        return self.predict_codes(self.transform(A))
+        return self._scan(self.transform(A))
 
     def predict_codes(self, codes):
         """The scan alone, from codes given by :meth:`transform`."""
         check_is_fitted(self)
-        codes = check_codes(codes, "codes", self.luts_.shape[0])
+        return self._scan(check_codes(codes, "codes", self.luts_.shape[0]))
+
+    def _scan(self, codes):
         if self.quantize:
-            offset = np.float32(self.lut_offsets_.astype(np.float64).sum())
-            return _dispatch.scan_average(codes, self.luts_q_, self.lut_scale_, offset, self.bias_)
+            return _dispatch.scan_average(codes, self.luts_q_, self.lut_scale_, self._lut_offset(),
+                                          self.bias_)
         return _dispatch.scan_float(codes, self.luts_, self.bias_)
+
+    def _lut_offset(self):
+        """Σ_c min_c: what the offset-shifted tables leave out of every output."""
+        return np.float32(self.lut_offsets_.sum(dtype=np.float64))
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path):
@@ -210,7 +217,8 @@ class PQMatmul(_LutEstimator):
         for c in tqdm(range(C), desc="k-means", disable=not self.progress, leave=False):
             sub_cols = cols[bounds[c]:bounds[c + 1]]
             km = KMeans(n_clusters=16, n_init=1, random_state=self.random_state)
-            with warnings.catch_warnings():
+            # many tiny k-means: threads only add overhead (and oversubscribe numba's)
+            with warnings.catch_warnings(), threadpool_limits(1):
                 # subspaces with < 16 distinct rows (e.g. blank pixels) get duplicate centroids
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 km.fit(A[:, sub_cols])

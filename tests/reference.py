@@ -181,3 +181,4 @@ def ref_best_split(X, rows, dim):
                        for lo in distinct[:-1]])
     best = int(np.argmin(losses))
     return losses[best], (distinct[best] + distinct[best + 1]) / 2, losses
+

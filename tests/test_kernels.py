@@ -23,7 +23,7 @@ EPS64 = np.finfo(np.float64).eps
 rows = st.one_of(st.sampled_from([1, 2, 3, 5, 7, 13, 31, 32, 33, 97, 257]), st.integers(1, 300))
 ncodebooks = st.one_of(st.sampled_from([1, 2, 3, 5, 16, 17, 19, 32, 40]), st.integers(1, 40))
 widths = st.one_of(st.sampled_from([1, 2, 3, 7, 10]), st.integers(1, 12))
-outputs = st.one_of(st.sampled_from([1, 2, 3, 10, 17]), st.integers(1, 24))
+outputs = st.one_of(st.sampled_from([1, 2, 3, 10, 17, 31, 32, 33, 100]), st.integers(1, 70))
 block_rows = st.sampled_from([1, 3, 7, 32, 256, 1024])
 seeds = st.integers(0, 2**32 - 1)
 
