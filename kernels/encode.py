@@ -9,8 +9,8 @@ bits read most-significant first.
 ``encode_pq_*``: product quantisation (nearest of 16 centroids per subspace), the
 baseline whose slow encoding MADDNESS removes.
 
-Both report (as a count of blocks, or of rows for PQ) non-finite values they read, so the API can reject NaN/Inf input
-without a separate pass over A.
+Both report the non-finite values they read (a nonzero count of blocks or rows), so
+the API can reject NaN/Inf input without a separate pass over A.
 """
 
 import numpy as np
@@ -120,21 +120,27 @@ def encode_tree_parallel(X, split_dims, thresholds, codes, block_rows, columns_c
 
 
 @njit(**INLINE)
-def _encode_pq_rows(X, subspace_cols, subspace_bounds, centroids, codes, start, stop):
+def _encode_pq_rows(X, subspace_cols, subspace_bounds, centroids_t, codes, start, stop, dist):
+    """Nearest centroids for rows start..stop-1; ``dist`` is 16-float scratch. The 16
+    distances of a subspace are accumulated together, so the loop over centroids is the
+    vector loop and each value of X is read once."""
     nonfinite = 0
+    K = centroids_t.shape[2]
     for n in range(start, stop):
         for c in range(subspace_bounds.shape[0] - 1):
             lo = subspace_bounds[c]
-            hi = subspace_bounds[c + 1]
+            dist[:] = 0.0
+            for j in range(lo, subspace_bounds[c + 1]):
+                x = X[n, subspace_cols[j]]
+                cj = centroids_t[c, j - lo]
+                for k in range(K):
+                    diff = x - cj[k]
+                    dist[k] += diff * diff
             best = np.inf
             best_k = 0
-            for k in range(centroids.shape[1]):
-                dist = np.float32(0.0)
-                for j in range(lo, hi):
-                    diff = X[n, subspace_cols[j]] - centroids[c, k, j - lo]
-                    dist += diff * diff
-                if dist < best:
-                    best = dist
+            for k in range(K):
+                if dist[k] < best:
+                    best = dist[k]
                     best_k = k
             codes[n, c] = best_k
             if not np.isfinite(best):
@@ -142,21 +148,34 @@ def _encode_pq_rows(X, subspace_cols, subspace_bounds, centroids, codes, start, 
     return nonfinite
 
 
+@njit(**INLINE)
+def _transposed(centroids):
+    """(C, width, 16) copy of the (C, 16, width) centroids."""
+    return np.ascontiguousarray(centroids.transpose(0, 2, 1))
+
+
 @njit(**JIT)
-def encode_pq_serial(X, subspace_cols, subspace_bounds, centroids, codes, block_rows):
-    """Serial twin of :func:`encode_pq_parallel`."""
-    return _encode_pq_rows(X, subspace_cols, subspace_bounds, centroids, codes, 0, X.shape[0])
+def encode_pq_serial(X, subspace_cols, subspace_bounds, centroids, codes, block_rows, nworkers):
+    """Serial twin of :func:`encode_pq_parallel` (``nworkers`` is ignored)."""
+    return _encode_pq_rows(X, subspace_cols, subspace_bounds, _transposed(centroids), codes, 0,
+                           X.shape[0], np.empty(centroids.shape[1], dtype=np.float32))
 
 
 @njit(**PJIT)
-def encode_pq_parallel(X, subspace_cols, subspace_bounds, centroids, codes, block_rows):
-    """Nearest centroid (squared L2) per subspace; codebook ``c`` owns the columns
-    ``subspace_cols[subspace_bounds[c]:subspace_bounds[c + 1]]`` and ``centroids[c]``
-    (16 × widest subspace, zero-padded). Returns the count of non-finite distances."""
+def encode_pq_parallel(X, subspace_cols, subspace_bounds, centroids, codes, block_rows, nworkers):
+    """Nearest centroid (squared L2, first on ties) per subspace; codebook ``c`` owns the
+    columns ``subspace_cols[subspace_bounds[c]:subspace_bounds[c + 1]]`` and
+    ``centroids[c]`` (16 × widest subspace, zero-padded). Returns the count of rows whose
+    distances were not finite."""
     nblocks = (X.shape[0] + block_rows - 1) // block_rows
-    counts = np.zeros(nblocks, dtype=np.int64)
-    for b in prange(nblocks):
-        start = b * block_rows
-        stop = min(start + block_rows, X.shape[0])
-        counts[b] = _encode_pq_rows(X, subspace_cols, subspace_bounds, centroids, codes, start, stop)
+    nworkers = max(1, min(nworkers, nblocks))
+    centroids_t = _transposed(centroids)
+    counts = np.zeros(nworkers, dtype=np.int64)
+    for w in prange(nworkers):
+        dist = np.empty(centroids.shape[1], dtype=np.float32)  # once per worker
+        for b in range(w, nblocks, nworkers):
+            start = b * block_rows
+            stop = min(start + block_rows, X.shape[0])
+            counts[w] += _encode_pq_rows(X, subspace_cols, subspace_bounds, centroids_t, codes,
+                                         start, stop, dist)
     return counts.sum()

@@ -28,7 +28,8 @@ def encode_tree(X, split_dims, thresholds):
 def encode_pq(X, subspace_cols, subspace_bounds, centroids):
     codes = np.empty((X.shape[0], subspace_bounds.shape[0] - 1), dtype=np.uint8)
     kernel = encode.encode_pq_parallel if _parallel(X.shape[0]) else encode.encode_pq_serial
-    nonfinite = kernel(X, subspace_cols, subspace_bounds, centroids, codes, config.SCAN_BLOCK_ROWS)
+    nonfinite = kernel(X, subspace_cols, subspace_bounds, centroids, codes, config.SCAN_BLOCK_ROWS,
+                       numba.get_num_threads())
     return codes, nonfinite
 
 

@@ -24,8 +24,8 @@ def warmup():
         variant(XF, dims, thresholds, codes, 8, True, 2)
         compiled += 1
     for variant in (encode.encode_pq_serial, encode.encode_pq_parallel):
-        variant(X, cols, bounds, centroids, codes, 8)
-        variant(XF, cols, bounds, centroids, codes, 8)
+        variant(X, cols, bounds, centroids, codes, 8, 2)
+        variant(XF, cols, bounds, centroids, codes, 8, 2)
         compiled += 1
     prototypes = rng.standard_normal((2, 16, 8)).astype(np.float32)
     B = rng.standard_normal((8, 3)).astype(np.float32)

@@ -193,7 +193,7 @@ def test_encode_pq_matches_oracle(parallel, n, c, extra, seed, block, permute):
     expected = ref.ref_encode_pq(X, cols, bounds, centroids)
     for layout in (np.ascontiguousarray(X), np.asfortranarray(X)):
         codes = np.full((n, c), 255, dtype=np.uint8)
-        assert kernel(layout, cols, bounds, centroids, codes, block) == 0
+        assert kernel(layout, cols, bounds, centroids, codes, block, nthreads()) == 0
         np.testing.assert_array_equal(codes, expected)
 
 
@@ -204,7 +204,7 @@ def test_encode_pq_reports_nonfinite(parallel, n, c, seed, bad):
     X, cols, bounds, centroids = pq_inputs(rng, n, c, 3, permute=True)
     X[rng.integers(n), rng.integers(X.shape[1])] = bad
     codes = np.empty((n, c), dtype=np.uint8)
-    assert pick(encode, "encode_pq", parallel)(X, cols, bounds, centroids, codes, 7) != 0
+    assert pick(encode, "encode_pq", parallel)(X, cols, bounds, centroids, codes, 7, nthreads()) != 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -396,7 +396,7 @@ def case_encode_pq(rng, n):
 
     def run(kernel):
         codes = np.empty((n, 5), dtype=np.uint8)
-        return kernel(X, cols, bounds, centroids, codes, 16), codes
+        return kernel(X, cols, bounds, centroids, codes, 16, nthreads()), codes
     return encode, "encode_pq", run
 
 
