@@ -247,10 +247,25 @@ def load_fashion_mnist(split="train", data_home=None, download=False):
     return load_dataset("fashion", split, data_home, download)
 
 
-def load_default(data_home=None):
-    """Load MNIST if available locally, else scikit-learn's 8x8 digits.
+def load_digits():
+    """scikit-learn's 8x8 digits (the embedded default): pixels scaled to [0, 1] (divided
+    by 16), the first 80% of rows for training and the last 20% for testing.
 
-    Digits are scaled to [0, 1] (divided by 16); the last 20% form the test set.
+    Returns
+    -------
+    X_train, y_train, X_test, y_test : ndarrays (float32 / int64)
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    X, y = sklearn_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    y = y.astype(np.int64)
+    n_train = int(len(X) * 0.8)
+    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
+
+
+def load_default(data_home=None):
+    """Load MNIST if available locally (never downloads), else :func:`load_digits`.
 
     Returns
     -------
@@ -259,10 +274,4 @@ def load_default(data_home=None):
     """
     if find_dataset_dir("mnist", data_home) is not None:
         return (*load_mnist("train", data_home), *load_mnist("test", data_home), "mnist")
-    from sklearn.datasets import load_digits
-
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16).astype(np.float32)
-    y = y.astype(np.int64)
-    n_train = int(len(X) * 0.8)
-    return X[:n_train], y[:n_train], X[n_train:], y[n_train:], "digits"
+    return (*load_digits(), "digits")

@@ -1,0 +1,7 @@
+"""``python -m lutengine``: the same as the ``lutengine`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,12 @@
+"""Reproductions of the papers' experiments: pure functions returning JSON-ready dicts.
+
+``REGISTRY`` maps the command-line name (``lutengine reproduce NAME``) to the module; each
+module has ``NAME`` (the file stem of its results) and ``run(**options) -> dict``.
+"""
+
+from . import classifier_layer
+from ._common import write_results
+
+REGISTRY = {"classifier-layer": classifier_layer}
+
+__all__ = ["REGISTRY", "write_results", "classifier_layer"]

@@ -1,0 +1,228 @@
+"""Helpers shared by the experiments and the command line: data, the reference MLP,
+single-thread timing against BLAS, and writing results (JSON, Markdown, PNG)."""
+
+import contextlib
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numba
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from .. import datasets
+
+#: datasets the experiments accept; "digits" is scikit-learn's 8x8 set (tiny runs, tests)
+DATASETS = ("mnist", "fashion", "digits")
+
+#: MLPClassifier settings of the reference networks (adam, fixed epoch budget, no early stop)
+MLP_SETTINGS = {"solver": "adam", "batch_size": 256, "learning_rate_init": 1e-3,
+                "max_iter": 20, "early_stopping": False}
+
+
+def load_data(name, data_home=None, max_train=None):
+    """Train and test splits of ``name`` as float32 in [0, 1] and int64 labels.
+
+    ``max_train`` keeps the first rows of the training split only.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names are {list(DATASETS)}")
+    if name == "digits":
+        Xtr, ytr, Xte, yte = datasets.load_digits()
+    else:
+        Xtr, ytr = datasets.load_dataset(name, "train", data_home)
+        Xte, yte = datasets.load_dataset(name, "test", data_home)
+    if max_train is not None:
+        Xtr, ytr = Xtr[:max_train], ytr[:max_train]
+    return Xtr, ytr, Xte, yte
+
+
+def train_mlp(X, y, hidden, random_state, **settings):
+    """Fit a one-hidden-layer ReLU ``MLPClassifier`` with :data:`MLP_SETTINGS`.
+
+    A fixed epoch budget is the intent, so the ConvergenceWarning is silenced. BLAS runs
+    on one thread: the mini-batch products are small, and threaded BLAS on a busy 2-core
+    machine was measured 4-20x slower. Returns the classifier and the training seconds.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    mlp = MLPClassifier(hidden_layer_sizes=(hidden,), activation="relu",
+                        random_state=random_state, **{**MLP_SETTINGS, **settings})
+    start = time.perf_counter()
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp.fit(X, y)
+    return mlp, time.perf_counter() - start
+
+
+def mlp_layers(mlp):
+    """The two affine layers of a one-hidden-layer MLP as float64 (W1, b1, W2, b2)."""
+    (W1, W2), (b1, b2) = mlp.coefs_, mlp.intercepts_
+    return tuple(np.asarray(a, dtype=np.float64) for a in (W1, b1, W2, b2))
+
+
+def relu(Z):
+    """max(Z, 0) as C-contiguous float32 (the layout the estimators read without a copy)."""
+    return np.ascontiguousarray(np.maximum(Z, 0), dtype=np.float32)
+
+
+def accuracy(scores, y):
+    """Fraction of rows whose argmax equals the label."""
+    return float(np.mean(np.argmax(scores, axis=1) == y))
+
+
+def nmse(Y_hat, Y):
+    """mean((Ŷ − Y)²) / var(Y) over all entries."""
+    Y = np.asarray(Y, dtype=np.float64)
+    return float(np.mean((np.asarray(Y_hat, dtype=np.float64) - Y) ** 2) / np.var(Y))
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Pin BLAS (threadpoolctl) and Numba to one thread; restore both afterwards."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+#: timed calls per side in :func:`time_vs_blas`
+TIMING_REPEATS = 7
+
+
+def _seconds(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_vs_blas(est, A, B, repeats=TIMING_REPEATS):
+    """Single-thread ``est.predict(A)`` against ``A @ B`` (float32 BLAS), same process.
+
+    After one untimed call of each, the two are timed alternately ``repeats`` times (so
+    both see the same machine load) and the best time of each is kept. Returns a dict
+    with ``predict_ms``, ``blas_ms`` and ``speedup_vs_blas`` (BLAS time / predict time).
+    """
+    A = np.ascontiguousarray(A, dtype=np.float32)
+    B = np.ascontiguousarray(B, dtype=np.float32)
+    with single_thread():
+        est.predict(A)
+        A @ B
+        times = [(_seconds(lambda: est.predict(A)), _seconds(lambda: A @ B))
+                 for _ in range(repeats)]
+    predict, blas = np.min(times, axis=0)
+    return {"predict_ms": 1e3 * predict, "blas_ms": 1e3 * blas, "speedup_vs_blas": blas / predict}
+
+
+def machine_info():
+    """What the timings were measured on: CPU, BLAS library, versions."""
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").open()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    blas = sorted({f"{p['internal_api']} {p['version']}" for p in threadpool_info()
+                   if p["user_api"] == "blas"})
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "blas": blas,
+            "python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__}
+
+
+# -- writing results -------------------------------------------------------------------------
+
+#: default plots: file suffix -> (x field, y field, x-axis log base)
+PLOTS = {"accuracy": ("ncodebooks", "relative_accuracy", 2),
+         "speed": ("speedup_vs_blas", "relative_accuracy", 10)}
+
+_LABELS = {"ncodebooks": "codebooks C", "relative_accuracy": "accuracy / exact accuracy",
+           "speedup_vs_blas": "speed-up over BLAS (1 thread)"}
+
+
+def _cell(value):
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(map(_cell, value))
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def to_markdown(result, title):
+    """A Markdown page: the other fields as a list, then ``result["rows"]`` as a table."""
+    lines = [f"# {title}", ""]
+    lines += [f"- {key}: {_cell(value)}" for key, value in result.items() if key != "rows"]
+    rows = result["rows"]
+    columns = list(rows[0]) if rows else []
+    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(result, x, y, log_base, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    methods = dict.fromkeys(row["method"] for row in result["rows"])
+    for method in methods:
+        rows = [r for r in result["rows"] if r["method"] == method]
+        rows.sort(key=lambda r: r.get("ncodebooks", r[x]))
+        ax.plot([r[x] for r in rows], [r[y] for r in rows], marker="o", label=method)
+        if x != "ncodebooks" and "ncodebooks" in rows[0]:
+            for r in rows:
+                ax.annotate(f"C={r['ncodebooks']}", (r[x], r[y]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+    if y == "relative_accuracy":
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="exact")
+    if x == "speedup_vs_blas":
+        ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
+    ax.set_xscale("log", base=log_base)
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xlabel(_LABELS.get(x, x))
+    ax.set_ylabel(_LABELS.get(y, y))
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(result, out_dir, name, plots=PLOTS):
+    """Write ``result`` under ``out_dir`` and return the paths written.
+
+    Files: ``{name}.json`` (the latest run) and, when the result names a dataset ``ds``,
+    ``{name}_{ds}.json`` too (runs on several datasets into one folder keep theirs);
+    ``{name}_{ds}.md`` (Markdown table) and ``{name}_{ds}_{suffix}.png`` for each entry
+    ``suffix: (x, y, log_base)`` of ``plots`` (one line per ``method``, log x-axis).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{name}_{result['dataset']}" if "dataset" in result else name
+    text = json.dumps(result, indent=2) + "\n"
+    paths = [out_dir / f"{name}.json"]
+    if stem != name:
+        paths.append(out_dir / f"{stem}.json")
+    for path in paths:
+        path.write_text(text)
+    title = f"{name} on {result['dataset']}" if "dataset" in result else name
+    md = out_dir / f"{stem}.md"
+    md.write_text(to_markdown(result, title))
+    paths.append(md)
+    for suffix, (x, y, log_base) in plots.items():
+        png = out_dir / f"{stem}_{suffix}.png"
+        _plot(result, x, y, log_base, png, title)
+        paths.append(png)
+    return paths

@@ -1,0 +1,136 @@
+"""The ``lutengine`` command: demo on the embedded default, reproduce on digits, errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import lutengine as le
+from lutengine.cli import main
+from lutengine.experiments import _common
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+ROW_FIELDS = {"method", "ncodebooks", "accuracy", "relative_accuracy", "nmse", "fit_seconds",
+              "predict_ms", "blas_ms", "speedup_vs_blas"}
+
+
+@pytest.fixture
+def no_mnist(monkeypatch, tmp_path):
+    """Hide every MNIST copy: empty $LUTENGINE_DATA and a HOME without ~/.cache/lutengine."""
+    (tmp_path / "data").mkdir()
+    monkeypatch.setenv("LUTENGINE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+def _digits():
+    """The digits split, built here from scikit-learn (not through lutengine)."""
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    n = int(0.8 * len(X))
+    return X[:n], y[:n], X[n:], y[n:]
+
+
+def test_demo_runs_on_embedded_digits(no_mnist, capsys):
+    assert main(["demo", "--ncodebooks", "4", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset: digits" in out
+    assert "LUTENGINE_DATA" in out
+    exact = float(out.split("exact test accuracy ")[1].split()[0])
+    assert 0.5 < exact <= 1
+    rows = [line.split() for line in out.splitlines() if line.startswith(("hidden", "output"))]
+    assert [(r[0], r[2]) for r in rows] == [("hidden", "4"), ("hidden", "8"),
+                                           ("output", "4"), ("output", "8")]
+    for r in rows:
+        acc, kept, predict_ms, blas_ms, speedup = map(float, r[3:7] + [r[7].rstrip("x")])
+        assert 0 <= acc <= 1
+        assert kept == pytest.approx(acc / exact, abs=1e-3)
+        assert predict_ms > 0 and blas_ms > 0
+        assert speedup == pytest.approx(blas_ms / predict_ms, rel=0.05, abs=0.01)
+
+
+def test_reproduce_classifier_layer_on_digits(tmp_path, capsys):
+    out_dir = tmp_path / "results"
+    argv = ["reproduce", "classifier-layer", "--dataset", "digits", "--ncodebooks", "2", "4",
+            "--out", str(out_dir), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+
+    result = json.loads((out_dir / "classifier_layer.json").read_text())
+    assert result == json.loads((out_dir / "classifier_layer_digits.json").read_text())
+    assert result["dataset"] == "digits" and result["threads"] == 1
+    assert result["mlp_train_seconds"] > 0
+    assert [(r["method"], r["ncodebooks"]) for r in result["rows"]] == \
+        [("maddness", 2), ("maddness", 4), ("pq", 2), ("pq", 4)]
+
+    # the exact accuracy is the MLP's own forward pass, recomputed here in NumPy
+    Xtr, ytr, Xte, yte = _digits()
+    mlp, _ = _common.train_mlp(Xtr, ytr, result["hidden"], result["random_state"])
+    (W1, W2), (b1, b2) = mlp.coefs_, mlp.intercepts_
+    H_train = np.maximum(Xtr.astype(np.float64) @ W1 + b1, 0)
+    H_test = np.maximum(Xte.astype(np.float64) @ W1 + b1, 0)
+    logits = H_test @ W2 + b2
+    assert result["exact_accuracy"] == np.mean(np.argmax(logits, axis=1) == yte)
+    assert result["exact_accuracy"] == pytest.approx(mlp.score(Xte, yte), abs=2 / len(yte))
+
+    for row in result["rows"]:
+        assert set(row) == ROW_FIELDS
+        assert 0 <= row["accuracy"] <= 1
+        assert row["relative_accuracy"] == pytest.approx(row["accuracy"] / result["exact_accuracy"])
+        assert row["nmse"] >= 0
+        assert row["fit_seconds"] > 0 and row["predict_ms"] > 0 and row["blas_ms"] > 0
+        assert row["speedup_vs_blas"] == pytest.approx(row["blas_ms"] / row["predict_ms"])
+
+    # MADDNESS is deterministic: refitting gives the reported accuracy and NMSE
+    maddness = result["rows"][1]
+    est = le.LutMatmul(4, progress=False).fit(H_train.astype(np.float32), W2, bias=b2)
+    Y_hat = est.predict(H_test.astype(np.float32)).astype(np.float64)
+    assert maddness["accuracy"] == np.mean(np.argmax(Y_hat, axis=1) == yte)
+    expected_nmse = np.mean((Y_hat - logits) ** 2) / np.var(logits)
+    assert maddness["nmse"] == pytest.approx(expected_nmse, rel=1e-5)
+
+    md = (out_dir / "classifier_layer_digits.md").read_text()
+    assert md.count("\n| maddness |") == 2 and md.count("\n| pq |") == 2
+    assert "| maddness | 2 |" in printed
+    for suffix in ("accuracy", "speed"):
+        png = out_dir / f"classifier_layer_digits_{suffix}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reproduce_unknown_name_exits_with_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["reproduce", "no-such-experiment", "--out", str(tmp_path)])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert "no-such-experiment" in err and "classifier-layer" in err
+
+
+def test_reproduce_unknown_method_is_an_error_message(tmp_path, capsys):
+    argv = ["reproduce", "classifier-layer", "--dataset", "digits", "--methods", "nope",
+            "--out", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "nope" in err and "maddness" in err
+
+
+def test_reproduce_without_mnist_says_where_to_put_it(no_mnist, tmp_path, capsys):
+    assert main(["reproduce", "classifier-layer", "--dataset", "mnist", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "mnist dataset not found" in err and "LUTENGINE_DATA" in err
+
+
+def test_warmup_command(capsys):
+    assert main(["warmup"]) == 0
+    assert "compiled" in capsys.readouterr().out
+
+
+def test_python_dash_m_entry_point():
+    done = subprocess.run([sys.executable, "-m", "lutengine", "--help"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    for command in ("demo", "reproduce", "warmup"):
+        assert command in done.stdout
