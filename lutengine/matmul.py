@@ -210,6 +210,9 @@ class PQMatmul(_LutEstimator):
         self.progress = progress
 
     def _fit_encoder(self, A, cols, bounds):
+        if A.shape[0] < 16:
+            raise ValueError(f"A_train must have at least 16 rows for PQ's 16 centroids per "
+                             f"subspace, got shape {A.shape}")
         C, D = self.ncodebooks, A.shape[1]
         width = int(np.max(np.diff(bounds)))
         centroids = np.zeros((C, 16, width), dtype=np.float32)

@@ -3,9 +3,12 @@ accuracy on real MNIST, persistence, and the errors users see for bad input."""
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sklearn.base import clone
 
 import lutengine as le
+import reference as ref
 from lutengine import trees
 from lutengine.partition import contiguous
 
@@ -128,6 +131,30 @@ def test_error_falls_as_codebooks_grow():
     assert errors[0] > errors[1] > errors[2]
 
 
+@given(n=st.one_of(st.sampled_from([1, 2, 13, 97]), st.integers(1, 300)),
+       d=st.one_of(st.sampled_from([1, 7, 31]), st.integers(1, 40)),
+       m=st.one_of(st.sampled_from([1, 3, 33]), st.integers(1, 40)),
+       c_frac=st.floats(0, 1), seed=st.integers(0, 2**32 - 1), fortran=st.booleans())
+def test_predict_is_the_oracle_pipeline_on_the_fitted_state(n, d, m, c_frac, seed, fortran):
+    """Any shape (1 row, 1 column, primes, D not divisible by C): predict equals the NumPy
+    oracles of encoding and scan applied to the fitted arrays, and the tables are P·B."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, d)).astype(np.float32)
+    B = rng.standard_normal((d, m)).astype(np.float32)
+    C = 1 + int(c_frac * (d - 1))
+    est = le.LutMatmul(C, progress=False).fit(A, B, bias=rng.standard_normal(m))
+    X = np.asfortranarray(A) if fortran else A
+    codes = ref.ref_encode_tree(A, est.split_dims_, est.thresholds_)
+    np.testing.assert_array_equal(est.transform(X), codes)
+    expected = ref.ref_scan_average(codes, est.luts_q_, est.lut_scale_,
+                                    est.lut_offsets_.astype(np.float64).sum(), est.bias_)
+    np.testing.assert_allclose(est.predict(X), expected, rtol=1e-5,
+                               atol=1e-5 * (np.abs(expected).max() + 1))
+    q, mins, scale = ref.ref_quantize_luts(est.luts_)
+    np.testing.assert_array_equal(est.luts_q_, q)
+    assert scale == pytest.approx(est.lut_scale_)
+
+
 # -- real data ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -237,6 +264,12 @@ def test_fit_rejects_bad_input(A_bad, B_bad, kwargs, exc, match):
     A, B = _layer()
     with pytest.raises(exc, match=match):
         le.LutMatmul(4, progress=False).fit(A if A_bad is None else A_bad, B if B_bad is None else B_bad, **kwargs)
+
+
+def test_pq_needs_sixteen_training_rows():
+    A, B = _layer(n=15)
+    with pytest.raises(ValueError, match="A_train must have at least 16 rows"):
+        le.PQMatmul(2, progress=False).fit(A, B)
 
 
 @pytest.mark.parametrize("C, exc, match", [
