@@ -8,9 +8,12 @@
 from . import config, datasets
 from ._validation import NotFittedError
 from ._warmup import warmup
-from .matmul import LutMatmul, PQMatmul, load
+from ._persist import load
+from .matmul import LutMatmul, PQMatmul
+from .mips import MipsIndex
+from .sparse import TopKLinear
 
 __version__ = "0.1.0"
 
-__all__ = ["LutMatmul", "PQMatmul", "load", "warmup", "NotFittedError", "config", "datasets",
-           "__version__"]
+__all__ = ["LutMatmul", "PQMatmul", "MipsIndex", "TopKLinear", "load", "warmup",
+           "NotFittedError", "config", "datasets", "__version__"]

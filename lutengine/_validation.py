@@ -89,3 +89,22 @@ def check_codes(codes, name, ncodebooks):
 def check_is_fitted(estimator, attribute="luts_"):
     if not hasattr(estimator, attribute):
         raise NotFittedError(f"this {type(estimator).__name__} is not fitted yet: call fit(A_train, B) first")
+
+
+def check_k(k, n_items, name="k"):
+    """k must be an integer in 1..n_items."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {k!r}")
+    if not 1 <= k <= n_items:
+        raise ValueError(f"{name} must be between 1 and the number of rows N = {n_items}, got {k}")
+    return int(k)
+
+
+def as_queries(Q, name, n_features):
+    """Queries as a C-contiguous float32 (nq, d) array; a 1-D vector is one query."""
+    Q = np.asarray(Q) if not isinstance(Q, np.ndarray) else Q
+    if Q.ndim == 1:
+        Q = Q[None, :]
+    Q = as_float_matrix(Q, name)
+    check_n_features(Q, name, n_features)
+    return Q

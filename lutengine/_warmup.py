@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from kernels import encode, lut, onehot, scan, split
+from kernels import encode, lut, onehot, scan, split, topk
 
 from . import _dispatch
 
@@ -49,5 +49,13 @@ def warmup():
     for variant in (onehot.onehot_rowsum_serial, onehot.onehot_rowsum_parallel):
         variant(codes, X, 16)
         compiled += 1
+    top_scores = np.full((40, 3), -np.inf, dtype=np.float32)
+    top_ids = np.full((40, 3), -1, dtype=np.int64)
+    ids = np.zeros((40, 3), dtype=np.int64)
+    for merge, dot in ((topk.merge_topk_serial, topk.rows_dot_serial),
+                       (topk.merge_topk_parallel, topk.rows_dot_parallel)):
+        merge(X, 0, np.arange(40, dtype=np.int64), top_scores, top_ids)
+        dot(X, ids, X, out)
+        compiled += 2
     split.best_split(X, np.arange(40, dtype=np.int64), 0)
     return compiled + 2  # + build_luts and best_split

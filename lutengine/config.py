@@ -15,3 +15,8 @@ SCAN_BLOCK_ROWS = 256
 FIT_CHUNK_ROWS = 8192
 #: below this many rows the serial kernels are used even when threads are available
 PARALLEL_MIN_ROWS = 2048
+#: normscan: rows in its first block (later blocks double, up to NORMSCAN_MAX_BLOCK)
+NORMSCAN_FIRST_BLOCK = 256
+NORMSCAN_MAX_BLOCK = 16384
+#: brute: at most this many scores held at once (queries are chunked to fit)
+MIPS_SCORE_BUDGET = 1 << 24

@@ -6,9 +6,7 @@ prototypes (§4.2), int8 tables with averaged accumulation (§4.3).
 Both share the table build, the scan kernel and the ``.npz`` persistence.
 """
 
-import json
 import warnings
-import zipfile
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -16,21 +14,18 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from . import _dispatch, partition, trees
+from . import _dispatch, _persist, partition, trees
 from ._validation import (
     as_float_matrix, as_float_vector, check_choice, check_codes, check_is_fitted,
     check_n_features, check_ncodebooks, raise_if_nonfinite_read,
 )
 from .lut_opt import ridge_prototypes
 
-FORMAT_VERSION = 1
-
-
 class _LutEstimator:
     """Shared fit/predict/persistence; subclasses learn the encoder and prototypes."""
 
     _param_names = ()
-    _state_names = ()  # encoder-specific fitted arrays
+    _state_attrs = ()  # every fitted array (what save writes): _common_state + the encoder's
     _common_state = ("prototypes_", "luts_", "luts_q_", "lut_offsets_", "lut_scale_", "bias_",
                      "subspace_cols_", "subspace_bounds_")
 
@@ -120,17 +115,13 @@ class _LutEstimator:
         """Σ_c min_c: what the offset-shifted tables leave out of every output."""
         return np.float32(self.lut_offsets_.sum(dtype=np.float64))
 
-    # -- persistence ----------------------------------------------------------------------
     def save(self, path):
         """Write the fitted estimator to ``path`` (.npz, readable with allow_pickle=False)."""
         check_is_fitted(self)
-        arrays = {name: np.asarray(getattr(self, name))
-                  for name in self._common_state + self._state_names}
-        header = {"class": type(self).__name__, "format_version": FORMAT_VERSION,
-                  "params": self.get_params()}
-        np.savez(path, __header__=np.array(json.dumps(header)), **arrays)
+        _persist.save(self, path)
 
 
+@_persist.savable
 class LutMatmul(_LutEstimator):
     """MADDNESS approximate matrix product (Blalock & Guttag 2021).
 
@@ -156,7 +147,7 @@ class LutMatmul(_LutEstimator):
 
     _param_names = ("ncodebooks", "partition", "lut_objective", "activation", "quantize",
                     "ridge_lambda", "random_state", "progress")
-    _state_names = ("split_dims_", "thresholds_")
+    _state_attrs = _LutEstimator._common_state + ("split_dims_", "thresholds_")
 
     def __init__(self, ncodebooks=16, partition="contiguous", lut_objective="ridge",
                  activation=None, quantize=True, ridge_lambda=1.0, random_state=None,
@@ -196,12 +187,13 @@ class LutMatmul(_LutEstimator):
         return _dispatch.encode_tree(A, self.split_dims_, self.thresholds_)
 
 
+@_persist.savable
 class PQMatmul(_LutEstimator):
     """Product-quantisation baseline: 16 k-means centroids per contiguous subspace,
     nearest-centroid encoding, the same tables and scan as :class:`LutMatmul`."""
 
     _param_names = ("ncodebooks", "quantize", "random_state", "progress")
-    _state_names = ("centroids_",)
+    _state_attrs = _LutEstimator._common_state + ("centroids_",)
 
     def __init__(self, ncodebooks=16, quantize=True, random_state=None, progress=True):
         self.ncodebooks = ncodebooks
@@ -232,33 +224,3 @@ class PQMatmul(_LutEstimator):
 
     def _encode(self, A):
         return _dispatch.encode_pq(A, self.subspace_cols_, self.subspace_bounds_, self.centroids_)
-
-
-_ESTIMATORS = {cls.__name__: cls for cls in (LutMatmul, PQMatmul)}
-
-
-def load(path):
-    """Read an estimator written by ``save`` (``allow_pickle=False``)."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {key: f[key] for key in f.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ValueError(f"path {path!r} is not a readable lutengine .npz file: {exc}") from exc
-    try:
-        header = json.loads(str(data.pop("__header__")))
-        cls = _ESTIMATORS[header["class"]]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ValueError(f"path {path!r} is not a lutengine model file (no valid header)") from exc
-    if header.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"path {path!r} has format version {header.get('format_version')}, "
-                         f"this lutengine reads version {FORMAT_VERSION}")
-    missing = set(cls._common_state + cls._state_names) - set(data)
-    if missing:
-        raise ValueError(f"path {path!r} lacks the fitted arrays {sorted(missing)}")
-    est = cls(**header["params"])
-    for name in cls._common_state + cls._state_names:
-        setattr(est, name, data[name])
-    est.lut_scale_ = np.float32(est.lut_scale_)
-    return est

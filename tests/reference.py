@@ -182,3 +182,22 @@ def ref_best_split(X, rows, dim):
     best = int(np.argmin(losses))
     return losses[best], (distinct[best] + distinct[best + 1]) / 2, losses
 
+
+
+def ref_merge_topk(scores, ids_offset, rows, top_scores, top_ids):
+    """The running top-k after merging: for each q, the k best of query ``rows[q]``'s
+    current entries and ``scores[q]`` (ids ``ids_offset + j``), ranked by score then by
+    lower id; returned as (scores, ids) sorted best first."""
+    out_scores, out_ids = top_scores.astype(np.float64).copy(), top_ids.copy()
+    k = top_scores.shape[1]
+    for q, r in enumerate(rows):
+        s = np.concatenate([top_scores[r], scores[q]]).astype(np.float64)
+        i = np.concatenate([top_ids[r], ids_offset + np.arange(scores.shape[1])])
+        keep = np.lexsort((i, -s))[:k]
+        out_scores[r], out_ids[r] = s[keep], i[keep]
+    return out_scores, out_ids
+
+
+def ref_rows_dot(W, ids, X):
+    """``<W[ids[i, j]], X[i]>`` in float64."""
+    return np.einsum("ijd,id->ij", np.asarray(W, np.float64)[ids], np.asarray(X, np.float64))

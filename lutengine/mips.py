@@ -1,0 +1,149 @@
+"""Maximum inner product search over the rows of a matrix (the MIPS paper, §3; h2alsh.md).
+
+``MipsIndex(W).search(Q, k)`` returns, for each query x, the k rows w_i with the largest
+⟨w_i, x⟩ (plus b_i when a bias is given), best first. Methods:
+
+- ``"brute"``: one BLAS product per chunk of queries and ``argpartition`` (the baseline).
+- ``"normscan"``: exact. Rows sorted by norm, scanned in growing blocks with BLAS; a query
+  stops as soon as the next row's norm times ‖x‖ cannot beat its current k-th score
+  (Cauchy–Schwarz). Pays when row norms are spread (h2alsh.md §5.2).
+- ``"h2alsh"``: approximate. Norm rings with QALSH per ring (Huang et al. 2018;
+  ``lutengine.h2alsh``).
+- ``"auto"``: ``normscan`` when a probe predicts it stops early, else ``brute`` (see
+  :func:`_normscan_pays`).
+"""
+
+import numpy as np
+
+from . import _persist, config
+from ._validation import (
+    as_float_matrix, as_float_vector, as_queries, check_choice, check_k,
+)
+from kernels import topk
+
+METHODS = ("auto", "brute", "normscan", "h2alsh")
+
+
+def _merge(scores, offset, rows, top_scores, top_ids):
+    kernel = topk.merge_topk_parallel if rows.shape[0] > 1 else topk.merge_topk_serial
+    kernel(np.ascontiguousarray(scores), offset, rows, top_scores, top_ids)
+
+
+def _sorted_best_first(scores, ids):
+    order = np.lexsort((ids, -scores.astype(np.float64)), axis=-1) if scores.size else ids
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def brute_search(rows, Q, k):
+    """Exact top-k by full products; returns (positions, scores), best first."""
+    nq, N = Q.shape[0], rows.shape[0]
+    chunk = max(1, config.MIPS_SCORE_BUDGET // N)
+    ids = np.empty((nq, k), dtype=np.int64)
+    scores = np.empty((nq, k), dtype=np.float32)
+    for start in range(0, nq, chunk):
+        S = Q[start:start + chunk] @ rows.T
+        part = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < N else np.broadcast_to(np.arange(N), S.shape)
+        ids[start:start + chunk] = part
+        scores[start:start + chunk] = np.take_along_axis(S, part, 1)
+    return _sorted_best_first(scores, ids)
+
+
+def normscan_search(rows, norms, Q, k):
+    """Exact top-k over rows sorted by decreasing norm; returns (positions, scores)."""
+    nq, N = Q.shape[0], rows.shape[0]
+    qnorms = np.linalg.norm(Q.astype(np.float64), axis=1)
+    top_scores = np.full((nq, k), -np.inf, dtype=np.float32)
+    top_ids = np.full((nq, k), -1, dtype=np.int64)
+    active = np.arange(nq, dtype=np.int64)
+    start, block = 0, max(config.NORMSCAN_FIRST_BLOCK, k)
+    while start < N and active.size:
+        stop = min(N, start + block)
+        _merge(Q[active] @ rows[start:stop].T, start, active, top_scores, top_ids)
+        start, block = stop, min(2 * block, config.NORMSCAN_MAX_BLOCK)
+        if start < N:
+            kth = top_scores[active].min(axis=1).astype(np.float64)
+            # slack of 1e-5 relative: a float32 product may round just above its bound
+            bound = norms[start] * qnorms[active] * (1 + 1e-5)
+            active = active[bound > kth]
+    return _sorted_best_first(top_scores, top_ids)
+
+
+def _normscan_pays(rows, norms, random_state):
+    """The cost model of ``"auto"``: probe 8 random Gaussian query directions (k = 10) and
+    take ``normscan`` when, on average, fewer than half the rows would be scanned."""
+    rng = np.random.default_rng(random_state)
+    U = rng.standard_normal((8, rows.shape[1])).astype(np.float32)
+    S = U @ rows.T
+    k = min(10, rows.shape[0])
+    kth = -np.partition(-S, k - 1, axis=1)[:, k - 1]
+    unit_norms = np.linalg.norm(U, axis=1)
+    scanned = [(norms * u > t).mean() for u, t in zip(unit_norms, kth)]
+    return float(np.mean(scanned)) < 0.5
+
+
+@_persist.savable
+class MipsIndex:
+    """Top-k maximum inner product search over the rows of ``W`` (N, d).
+
+    Parameters
+    ----------
+    W : array (N, d)
+        The items, one per row (e.g. a layer's weight rows).
+    method : {"auto", "brute", "normscan", "h2alsh"}
+    bias : array (N,), optional
+        Rank by ⟨w_i, x⟩ + b_i: rows are augmented with b_i, queries with 1.
+    random_state : int, optional
+        Seeds the probe of ``"auto"`` and the projections of ``"h2alsh"``.
+    **options
+        Method parameters of ``"h2alsh"`` (see :func:`lutengine.h2alsh.build`).
+
+    Attributes
+    ----------
+    method_ : the method used ("auto" resolved).
+    order_ : int64 (N,), row ids by decreasing (augmented) norm.
+    """
+
+    _state_attrs = ("method_", "order_", "rows_", "norms_", "n_features_")
+
+    def __init__(self, W, method="auto", bias=None, random_state=None, **options):
+        check_choice(method, "method", set(METHODS))
+        W = as_float_matrix(W, "W")
+        self.method, self.random_state, self.options = method, random_state, dict(options)
+        if bias is not None:
+            bias = as_float_vector(bias, "bias", W.shape[0])
+            W = np.hstack([W, bias[:, None]])
+        self.n_features_ = W.shape[1] - (bias is not None)
+        norms = np.linalg.norm(W.astype(np.float64), axis=1)
+        self.order_ = np.argsort(-norms, kind="stable")
+        self.rows_ = np.ascontiguousarray(W[self.order_])
+        self.norms_ = norms[self.order_]
+        if method == "auto":
+            method = "normscan" if _normscan_pays(self.rows_, self.norms_, random_state) else "brute"
+        self.method_ = method
+
+    def get_params(self):
+        return {"method": self.method, "random_state": self.random_state, "options": self.options}
+
+    @property
+    def n_items(self):
+        return self.rows_.shape[0]
+
+    def search(self, Q, k, largest=True):
+        """The k best rows for each query: ``(ids (nq, k) int64, scores (nq, k) float32)``,
+        best first. ``largest=False`` gives the k smallest ⟨w_i, x⟩ (+ b_i) instead
+        (scores are then negated: the search runs on −x)."""
+        k = check_k(k, self.n_items)
+        Q = as_queries(Q, "Q", self.n_features_)
+        if self.rows_.shape[1] > self.n_features_:  # bias column: the query gets a 1
+            Q = np.hstack([Q, np.ones((Q.shape[0], 1), np.float32)])
+        if not largest:
+            Q = -Q
+        if self.method_ == "brute":
+            positions, scores = brute_search(self.rows_, Q, k)
+        else:
+            positions, scores = normscan_search(self.rows_, self.norms_, Q, k)
+        return self.order_[positions], scores
+
+    def save(self, path):
+        """Write the index to ``path`` (.npz, readable with allow_pickle=False)."""
+        _persist.save(self, path)

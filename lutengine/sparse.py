@@ -1,0 +1,66 @@
+"""Top-k sparse activation of a linear layer (the MIPS paper, §3).
+
+``TopKLinear(W, b, k)`` approximates ``y = W x + b`` by computing exactly only the outputs
+of the k rows with the largest ``⟨w_i, x⟩ + b_i`` (and, with ``bottom=True``, the k
+smallest: large negative pre-activations matter too before a nonlinearity); every other
+output is set to its bias ``b_i``. The rows are found by a :class:`~lutengine.MipsIndex`.
+"""
+
+import numba
+import numpy as np
+
+from ._validation import as_float_matrix, as_float_vector, as_queries, check_k
+from .mips import MipsIndex
+from kernels import topk
+
+
+class TopKLinear:
+    """y ≈ W x + b from the top-k (∪ bottom-k) rows of W (N, d), as in ``torch.nn.Linear``.
+
+    Parameters
+    ----------
+    W : array (N, d)
+    b : array (N,)
+    k : int, 1 ≤ k ≤ N
+    method : {"auto", "brute", "normscan", "h2alsh"}
+        How the rows are found (see :class:`~lutengine.MipsIndex`).
+    bottom : bool
+        Also compute the k rows with the smallest ⟨w_i, x⟩ + b_i.
+    random_state, **options
+        Passed to the index.
+    """
+
+    def __init__(self, W, b, k=40, method="h2alsh", bottom=True, random_state=None, **options):
+        self.W = as_float_matrix(W, "W")
+        self.b = as_float_vector(b, "b", self.W.shape[0])
+        self.k = check_k(k, self.W.shape[0])
+        self.bottom = bool(bottom)
+        self.index = MipsIndex(self.W, method=method, bias=self.b, random_state=random_state,
+                               **options)
+
+    def select(self, X):
+        """Row ids computed for each input row: int64 (n, k) or (n, 2k) with ``bottom``
+        (an id may appear twice when 2k > N)."""
+        X = as_queries(X, "X", self.W.shape[1])
+        ids = self.index.search(X, self.k)[0]
+        if self.bottom:
+            ids = np.hstack([ids, self.index.search(X, self.k, largest=False)[0]])
+        return ids
+
+    def active(self, X):
+        """Boolean mask (n, N) of the outputs computed exactly."""
+        ids = self.select(X)
+        mask = np.zeros((ids.shape[0], self.W.shape[0]), dtype=bool)
+        np.put_along_axis(mask, ids, True, axis=1)
+        return mask
+
+    def __call__(self, X):
+        """Approximate outputs (n, N) float32 for the inputs X (n, d) or (d,)."""
+        X = as_queries(X, "X", self.W.shape[1])
+        ids = self.select(X)
+        values = np.empty(ids.shape, dtype=np.float32)
+        kernel = topk.rows_dot_parallel if numba.get_num_threads() > 1 else topk.rows_dot_serial
+        kernel(self.W, ids, X, values)
+        Y = np.broadcast_to(self.b, (X.shape[0], self.W.shape[0])).copy()
+        np.put_along_axis(Y, ids, values + self.b[ids], axis=1)
+        return Y
