@@ -4,7 +4,7 @@ import numpy as np
 
 from kernels import encode, lut, onehot, scan, split, topk
 
-from . import _dispatch
+from . import _dispatch, h2alsh
 
 
 def warmup():
@@ -58,4 +58,10 @@ def warmup():
         dot(X, ids, X, out)
         compiled += 2
     split.best_split(X, np.arange(40, dtype=np.int64), 0)
+    norms = np.sort(np.linalg.norm(X, axis=1).astype(np.float32))[::-1].copy()
+    rows = np.ascontiguousarray(X[np.argsort(-np.linalg.norm(X, axis=1), kind="stable")])
+    state = h2alsh.build(rows, norms, scan_threshold=10, rng=np.random.default_rng(0))
+    for nworkers in (1, 2):  # serial and parallel query kernels
+        h2alsh.search(state, rows, norms, X[:3], 2, nworkers)
+        compiled += 1
     return compiled + 2  # + build_luts and best_split

@@ -13,9 +13,10 @@
   :func:`_normscan_pays`).
 """
 
+import numba
 import numpy as np
 
-from . import _persist, config
+from . import _persist, config, h2alsh
 from ._validation import (
     as_float_matrix, as_float_vector, as_queries, check_choice, check_k,
 )
@@ -95,7 +96,8 @@ class MipsIndex:
     random_state : int, optional
         Seeds the probe of ``"auto"`` and the projections of ``"h2alsh"``.
     **options
-        Method parameters of ``"h2alsh"`` (see :func:`lutengine.h2alsh.build`).
+        Parameters of ``"h2alsh"`` (c0, c, b, max_ring, scan_threshold, candidates,
+        scan_size; see :func:`lutengine.h2alsh.build`); reference defaults otherwise.
 
     Attributes
     ----------
@@ -103,7 +105,8 @@ class MipsIndex:
     order_ : int64 (N,), row ids by decreasing (augmented) norm.
     """
 
-    _state_attrs = ("method_", "order_", "rows_", "norms_", "n_features_")
+    _state_attrs = ("method_", "order_", "rows_", "norms_", "n_features_") + tuple(
+        "h2alsh_" + key for key in h2alsh.STATE_KEYS)
 
     def __init__(self, W, method="auto", bias=None, random_state=None, **options):
         check_choice(method, "method", set(METHODS))
@@ -116,10 +119,15 @@ class MipsIndex:
         norms = np.linalg.norm(W.astype(np.float64), axis=1)
         self.order_ = np.argsort(-norms, kind="stable")
         self.rows_ = np.ascontiguousarray(W[self.order_])
-        self.norms_ = norms[self.order_]
+        self.norms_ = norms[self.order_].astype(np.float32)
         if method == "auto":
             method = "normscan" if _normscan_pays(self.rows_, self.norms_, random_state) else "brute"
         self.method_ = method
+        state = (h2alsh.build(self.rows_, self.norms_, rng=np.random.default_rng(random_state),
+                              **options) if method == "h2alsh"
+                 else dict.fromkeys(h2alsh.STATE_KEYS, np.zeros(0)))
+        for key, value in state.items():
+            setattr(self, "h2alsh_" + key, value)
 
     def get_params(self):
         return {"method": self.method, "random_state": self.random_state, "options": self.options}
@@ -140,8 +148,12 @@ class MipsIndex:
             Q = -Q
         if self.method_ == "brute":
             positions, scores = brute_search(self.rows_, Q, k)
-        else:
+        elif self.method_ == "normscan":
             positions, scores = normscan_search(self.rows_, self.norms_, Q, k)
+        else:
+            state = {key: getattr(self, "h2alsh_" + key) for key in h2alsh.STATE_KEYS}
+            positions, scores = h2alsh.search(state, self.rows_, self.norms_, Q, k,
+                                              numba.get_num_threads())
         return self.order_[positions], scores
 
     def save(self, path):

@@ -201,3 +201,12 @@ def ref_merge_topk(scores, ids_offset, rows, top_scores, top_ids):
 def ref_rows_dot(W, ids, X):
     """``<W[ids[i, j]], X[i]>`` in float64."""
     return np.einsum("ijd,id->ij", np.asarray(W, np.float64)[ids], np.asarray(X, np.float64))
+
+
+def ref_h2alsh_search(W_sorted, Q, k):
+    """What H2-ALSH approximates, and returns exactly when every ring is scanned: the
+    top-k positions by inner product (float64; equal scores: smaller position first)
+    and their float32 scores."""
+    S = np.asarray(Q, np.float64) @ np.asarray(W_sorted, np.float64).T
+    order = np.lexsort((np.broadcast_to(np.arange(S.shape[1]), S.shape), -S), axis=1)[:, :k]
+    return order, np.take_along_axis(S, order, 1).astype(np.float32)
