@@ -1,6 +1,7 @@
 """The ``lutengine`` command: ``demo``, ``reproduce NAME --out DIR``, ``warmup``."""
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,10 @@ from ._warmup import warmup
 from .experiments import REGISTRY, write_results
 from .experiments import _common
 from .matmul import LutMatmul
+
+#: command-line options forwarded to an experiment's run() when given
+_EXPERIMENT_OPTIONS = ("dataset", "ncodebooks", "ks", "networks", "l1", "epochs", "methods", "hidden",
+                       "max_train", "random_state", "data_home")
 
 #: the demo's network per default dataset: hidden units and MLPClassifier settings
 DEMO_MLP = {"mnist": (256, {"max_iter": 10}), "digits": (64, {"batch_size": 64, "max_iter": 100})}
@@ -72,12 +77,15 @@ def _demo(args):
 def _reproduce(args):
     """Run a registered experiment, write its results, print the Markdown table."""
     module = REGISTRY[args.name]
-    options = {key: getattr(args, key)
-               for key in ("dataset", "ncodebooks", "methods", "hidden", "max_train",
-                           "random_state", "data_home")
-               if getattr(args, key) is not None}
-    result = module.run(progress=not args.no_progress, **options)
-    paths = write_results(result, args.out, module.NAME)
+    accepted = inspect.signature(module.run).parameters
+    given = {key: value for key, value in vars(args).items()
+             if key in _EXPERIMENT_OPTIONS and value is not None}
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise ValueError(f"{args.name} does not take the options "
+                         + ", ".join("--" + key.replace("_", "-") for key in unknown))
+    result = module.run(progress=not args.no_progress, **given)
+    paths = write_results(result, args.out, module.NAME, plots=getattr(module, "PLOTS", _common.PLOTS))
     print(next(p for p in paths if p.suffix == ".md").read_text())
     print("wrote:\n" + "\n".join(f"  {p}" for p in paths))
     return 0
@@ -113,7 +121,14 @@ def build_parser():
                      help="folder for the results (created if missing)")
     rep.add_argument("--dataset", choices=_common.DATASETS,
                      help="mnist or fashion (digits: tiny built-in set for quick runs)")
-    rep.add_argument("--ncodebooks", type=_positive_int, nargs="+", metavar="C")
+    rep.add_argument("--ncodebooks", type=_positive_int, nargs="+", metavar="C",
+                     help="classifier-layer: numbers of codebooks")
+    rep.add_argument("--ks", type=_positive_int, nargs="+", metavar="K",
+                     help="mips-mnist: numbers of top (and bottom) rows computed")
+    rep.add_argument("--networks", nargs="+", choices=("plain", "sparse"),
+                     help="mips-mnist: networks to train (sparse: L1 on hidden activations)")
+    rep.add_argument("--l1", type=float, help="mips-mnist: L1 strength of the sparse network")
+    rep.add_argument("--epochs", type=_positive_int, help="mips-mnist: training epochs")
     rep.add_argument("--methods", nargs="+", metavar="METHOD")
     rep.add_argument("--hidden", type=_positive_int, metavar="UNITS")
     rep.add_argument("--max-train", type=_positive_int, metavar="ROWS")

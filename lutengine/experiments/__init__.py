@@ -4,9 +4,9 @@
 module has ``NAME`` (the file stem of its results) and ``run(**options) -> dict``.
 """
 
-from . import classifier_layer
+from . import classifier_layer, mips_mnist
 from ._common import write_results
 
-REGISTRY = {"classifier-layer": classifier_layer}
+REGISTRY = {"classifier-layer": classifier_layer, "mips-mnist": mips_mnist}
 
-__all__ = ["REGISTRY", "write_results", "classifier_layer"]
+__all__ = ["REGISTRY", "write_results", "classifier_layer", "mips_mnist"]

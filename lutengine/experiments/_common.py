@@ -166,6 +166,11 @@ def to_markdown(result, title):
     return "\n".join(lines) + "\n"
 
 
+def _series(row):
+    """The line a row belongs to: its method, prefixed by its network when it has one."""
+    return " ".join(str(row[field]) for field in ("network", "method") if field in row)
+
+
 def _plot(result, x, y, log_base, path, title):
     import matplotlib
 
@@ -174,9 +179,9 @@ def _plot(result, x, y, log_base, path, title):
     from matplotlib import ticker
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    methods = dict.fromkeys(row["method"] for row in result["rows"])
-    for method in methods:
-        rows = [r for r in result["rows"] if r["method"] == method]
+    series = dict.fromkeys(_series(row) for row in result["rows"])
+    for method in series:
+        rows = [r for r in result["rows"] if _series(r) == method]
         rows.sort(key=lambda r: r.get("ncodebooks", r[x]))
         ax.plot([r[x] for r in rows], [r[y] for r in rows], marker="o", label=method)
         if x != "ncodebooks" and "ncodebooks" in rows[0]:
