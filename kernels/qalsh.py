@@ -190,9 +190,9 @@ def _search_ring(W, norms, x, xn, k, start, n, m, l, proj, p0, keys, ids, k0, sc
 
 @njit(**JIT)
 def _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, proj, keys, ids,
-           scale, width, c0, budget, scan_size, out_pos, out_scores,
-           x, freq, touched, kq, left, right, active, exhausted, gaps, top_s, top_p):
+           scale, width, c0, budget, scan_size, out_pos, out_scores, scratch):
     """Top-k of one query over the rings (§2.6), written to row ``qi`` of the outputs."""
+    x, freq, touched, kq, left, right, active, exhausted, gaps, top_s, top_p = scratch
     xn2 = 0.0
     for t in range(x.shape[0]):
         x[t] = Q[qi, t]
@@ -240,27 +240,28 @@ def _scratch_sizes(ring_bounds, ring_m):
     return max_ring, max_m
 
 
+@njit(**INLINE)
+def _scratch(d, ring_bounds, ring_m, k):
+    """A worker's query scratch: the query, collision counters (zero) and the list of ids
+    they touched (sized to the largest indexed ring), per-table state, the top-k."""
+    max_ring, max_m = _scratch_sizes(ring_bounds, ring_m)
+    return (np.empty(d, dtype=np.float64), np.zeros(max_ring, dtype=np.int32),
+            np.empty(max_ring, dtype=np.int32), np.empty(max_m, dtype=np.float64),
+            np.empty(max_m, dtype=np.int64), np.empty(max_m, dtype=np.int64),
+            np.empty(max_m, dtype=np.uint8), np.empty(max_m, dtype=np.uint8),
+            np.empty(2 * max_m, dtype=np.float64), np.empty(k, dtype=np.float64),
+            np.empty(k, dtype=np.int64))
+
+
 @njit(**JIT)
 def h2alsh_search_serial(W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, proj,
                          keys, ids, scale, width, c0, budget, scan_size, out_pos, out_scores,
                          nworkers):
     """Serial twin of :func:`h2alsh_search_parallel` (``nworkers`` is ignored)."""
-    max_ring, max_m = _scratch_sizes(ring_bounds, ring_m)
-    x = np.empty(W.shape[1], dtype=np.float64)
-    freq = np.zeros(max_ring, dtype=np.int32)
-    touched = np.empty(max_ring, dtype=np.int32)
-    kq = np.empty(max_m, dtype=np.float64)
-    left = np.empty(max_m, dtype=np.int64)
-    right = np.empty(max_m, dtype=np.int64)
-    active = np.empty(max_m, dtype=np.uint8)
-    exhausted = np.empty(max_m, dtype=np.uint8)
-    gaps = np.empty(2 * max_m, dtype=np.float64)
-    top_s = np.empty(k, dtype=np.float64)
-    top_p = np.empty(k, dtype=np.int64)
+    scratch = _scratch(W.shape[1], ring_bounds, ring_m, k)
     for qi in range(Q.shape[0]):
         _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, proj, keys,
-               ids, scale, width, c0, budget, scan_size, out_pos, out_scores,
-               x, freq, touched, kq, left, right, active, exhausted, gaps, top_s, top_p)
+               ids, scale, width, c0, budget, scan_size, out_pos, out_scores, scratch)
 
 
 @njit(**PJIT)
@@ -275,22 +276,10 @@ def h2alsh_search_parallel(W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off
     every ``nworkers``-th query with scratch of its own, allocated once: collision counters
     sized to the largest indexed ring, reset through the list of ids they touched.
     """
-    max_ring, max_m = _scratch_sizes(ring_bounds, ring_m)
     nq = Q.shape[0]
     nworkers = max(1, min(nworkers, nq))
     for wk in prange(nworkers):
-        x = np.empty(W.shape[1], dtype=np.float64)
-        freq = np.zeros(max_ring, dtype=np.int32)
-        touched = np.empty(max_ring, dtype=np.int32)
-        kq = np.empty(max_m, dtype=np.float64)
-        left = np.empty(max_m, dtype=np.int64)
-        right = np.empty(max_m, dtype=np.int64)
-        active = np.empty(max_m, dtype=np.uint8)
-        exhausted = np.empty(max_m, dtype=np.uint8)
-        gaps = np.empty(2 * max_m, dtype=np.float64)
-        top_s = np.empty(k, dtype=np.float64)
-        top_p = np.empty(k, dtype=np.int64)
+        scratch = _scratch(W.shape[1], ring_bounds, ring_m, k)  # once per worker
         for qi in range(wk, nq, nworkers):
             _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, proj,
-                   keys, ids, scale, width, c0, budget, scan_size, out_pos, out_scores,
-                   x, freq, touched, kq, left, right, active, exhausted, gaps, top_s, top_p)
+                   keys, ids, scale, width, c0, budget, scan_size, out_pos, out_scores, scratch)
