@@ -31,7 +31,7 @@ def _merge(scores, offset, rows, top_scores, top_ids):
 
 
 def _sorted_best_first(scores, ids):
-    order = np.lexsort((ids, -scores.astype(np.float64)), axis=-1) if scores.size else ids
+    order = np.lexsort((ids, -scores.astype(np.float64)), axis=-1)
     return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
 
 
@@ -43,7 +43,10 @@ def brute_search(rows, Q, k):
     scores = np.empty((nq, k), dtype=np.float32)
     for start in range(0, nq, chunk):
         S = Q[start:start + chunk] @ rows.T
-        part = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < N else np.broadcast_to(np.arange(N), S.shape)
+        if k < N:
+            part = np.argpartition(-S, k - 1, axis=1)[:, :k]
+        else:
+            part = np.broadcast_to(np.arange(N), S.shape)
         ids[start:start + chunk] = part
         scores[start:start + chunk] = np.take_along_axis(S, part, 1)
     return _sorted_best_first(scores, ids)
