@@ -49,13 +49,16 @@ class TopKLinear:
 
     def active(self, X):
         """Boolean mask (n, N) of the outputs computed exactly."""
-        ids = self.select(X)
+        return self._mask(self.select(X))
+
+    def _mask(self, ids):
         mask = np.zeros((ids.shape[0], self.W.shape[0]), dtype=bool)
         np.put_along_axis(mask, ids, True, axis=1)
         return mask
 
-    def __call__(self, X):
-        """Approximate outputs (n, N) float32 for the inputs X (n, d) or (d,)."""
+    def __call__(self, X, return_active=False):
+        """Approximate outputs (n, N) float32 for the inputs X (n, d) or (d,); with
+        ``return_active`` also the mask of :meth:`active`, from the same search."""
         X = as_queries(X, "X", self.W.shape[1])
         ids = self.select(X)
         values = np.empty(ids.shape, dtype=np.float32)
@@ -63,4 +66,4 @@ class TopKLinear:
         kernel(self.W, ids, X, values)
         Y = np.broadcast_to(self.b, (X.shape[0], self.W.shape[0])).copy()
         np.put_along_axis(Y, ids, values + self.b[ids], axis=1)
-        return Y
+        return (Y, self._mask(ids)) if return_active else Y

@@ -86,7 +86,9 @@ def test_topk_linear_computes_exactly_the_selected_outputs(bottom):
     if bottom:
         np.put_along_axis(expected_mask, np.argsort(S, axis=1)[:, :7], True, 1)
     np.testing.assert_array_equal(layer.active(X), expected_mask)
-    Y = layer(X)
+    Y, mask = layer(X, return_active=True)
+    np.testing.assert_array_equal(mask, expected_mask)
+    np.testing.assert_array_equal(layer(X), Y)
     np.testing.assert_allclose(Y, np.where(expected_mask, S, b), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(layer(X[0]), Y[:1], rtol=1e-6)   # a vector is one query
 

@@ -58,7 +58,7 @@ def h2alsh_active(W1, b1, X, k, bottom, random_state):
     """First-layer pre-activations and active mask from :class:`lutengine.TopKLinear`."""
     layer = lutengine.TopKLinear(np.ascontiguousarray(W1.T), b1, k, method="h2alsh",
                                  bottom=bottom, random_state=random_state)
-    return layer(X), layer.active(X)
+    return layer(X, return_active=True)
 
 
 def _scores(Z, W2, b2):
