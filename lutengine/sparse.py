@@ -41,7 +41,9 @@ class TopKLinear:
     def select(self, X):
         """Row ids computed for each input row: int64 (n, k) or (n, 2k) with ``bottom``
         (an id may appear twice when 2k > N)."""
-        X = as_queries(X, "X", self.W.shape[1])
+        return self._select(as_queries(X, "X", self.W.shape[1]))
+
+    def _select(self, X):
         ids = self.index.search(X, self.k)[0]
         if self.bottom:
             ids = np.hstack([ids, self.index.search(X, self.k, largest=False)[0]])
@@ -60,7 +62,7 @@ class TopKLinear:
         """Approximate outputs (n, N) float32 for the inputs X (n, d) or (d,); with
         ``return_active`` also the mask of :meth:`active`, from the same search."""
         X = as_queries(X, "X", self.W.shape[1])
-        ids = self.select(X)
+        ids = self._select(X)
         values = np.empty(ids.shape, dtype=np.float32)
         kernel = topk.rows_dot_parallel if numba.get_num_threads() > 1 else topk.rows_dot_serial
         kernel(self.W, ids, X, values)
