@@ -6,7 +6,9 @@ virtual rehashing). The index is flat arrays built by ``lutengine.h2alsh.build``
 * rows are sorted by norm, descending; ring ``g`` owns positions
   ``ring_bounds[g]:ring_bounds[g + 1]`` (``n_g`` rows, max norm ``norms[ring_bounds[g]]``);
 * ``ring_m[g]`` projections (0 for a ring scanned exactly) with threshold ``ring_l[g]``;
-  its projection vectors are rows ``proj_off[g]:proj_off[g] + m`` of ``proj`` (d + 1 columns);
+  its projection vectors are rows ``proj_off[g]:proj_off[g] + m`` of the index's ``proj``
+  (d + 1 columns), and the caller passes ``query_keys`` = Q · proj[:, :d]ᵀ, the projections
+  of the whole query batch as one matrix product (the (d+1)-th coordinate of Q_g(x) is 0);
   table ``j`` of the ring is ``keys/ids[key_off[g] + j*n_g : key_off[g] + (j+1)*n_g]``,
   keys ascending, ids local to the ring (0..n_g-1);
 * all QALSH geometry is in units of the global max norm ``scale`` (§2.8).
@@ -86,20 +88,16 @@ def _median(values, n):
 
 
 @njit(**JIT)
-def _search_ring(W, norms, x, xn, k, start, n, m, l, proj, p0, keys, ids, k0, scale, width, c0,
+def _search_ring(W, norms, x, xn, k, start, n, m, l, xkeys, p0, keys, ids, k0, scale, width, c0,
                  budget, scan_size, freq, touched, kq, left, right, active, exhausted, gaps,
                  top_s, top_p, count):
     """QALSH on one indexed ring (§3.4): returns the new length of the top list."""
     Mg = norms[start] / scale
     lam = Mg / xn
-    d = x.shape[0]
-    # keys of Q_g(x) = [λx; 0]: the (d+1)-th projection coordinate never matters
+    # keys of Q_g(x) = [λx; 0]: λ times the batch projections of x
     ngaps = 0
     for j in range(m):
-        acc = 0.0
-        for t in range(d):
-            acc += np.float64(proj[p0 + j, t]) * x[t]
-        q = lam * acc
+        q = lam * np.float64(xkeys[p0 + j])
         kq[j] = q
         base = k0 + j * n
         lo, hi = 0, n
@@ -189,8 +187,8 @@ def _search_ring(W, norms, x, xn, k, start, n, m, l, proj, p0, keys, ids, k0, sc
 
 
 @njit(**JIT)
-def _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, proj, keys, ids,
-           scale, width, c0, budget, scan_size, out_pos, out_scores, scratch):
+def _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, query_keys, keys,
+           ids, scale, width, c0, budget, scan_size, out_pos, out_scores, scratch):
     """Top-k of one query over the rings (§2.6), written to row ``qi`` of the outputs."""
     x, freq, touched, kq, left, right, active, exhausted, gaps, top_s, top_p = scratch
     xn2 = 0.0
@@ -218,7 +216,8 @@ def _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, p
                 kth = _kth(top_s, count, k)
         else:
             count = _search_ring(W, norms, x, xn, k, start, stop - start, ring_m[g], ring_l[g],
-                                 proj, proj_off[g], keys, ids, key_off[g], scale, width, c0,
+                                 query_keys[qi], proj_off[g], keys, ids, key_off[g], scale,
+                                 width, c0,
                                  budget, scan_size, freq, touched, kq, left, right, active,
                                  exhausted, gaps, top_s, top_p, count)
     for i in range(k):
@@ -254,32 +253,33 @@ def _scratch(d, ring_bounds, ring_m, k):
 
 
 @njit(**JIT)
-def h2alsh_search_serial(W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, proj,
-                         keys, ids, scale, width, c0, budget, scan_size, out_pos, out_scores,
-                         nworkers):
+def h2alsh_search_serial(W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off,
+                         query_keys, keys, ids, scale, width, c0, budget, scan_size, out_pos,
+                         out_scores, nworkers):
     """Serial twin of :func:`h2alsh_search_parallel` (``nworkers`` is ignored)."""
     scratch = _scratch(W.shape[1], ring_bounds, ring_m, k)
     for qi in range(Q.shape[0]):
-        _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, proj, keys,
-               ids, scale, width, c0, budget, scan_size, out_pos, out_scores, scratch)
+        _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, query_keys,
+               keys, ids, scale, width, c0, budget, scan_size, out_pos, out_scores, scratch)
 
 
 @njit(**PJIT)
-def h2alsh_search_parallel(W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, proj,
-                           keys, ids, scale, width, c0, budget, scan_size, out_pos, out_scores,
-                           nworkers):
+def h2alsh_search_parallel(W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off,
+                           query_keys, keys, ids, scale, width, c0, budget, scan_size,
+                           out_pos, out_scores, nworkers):
     """Approximate top-k rows of W (sorted by norm, descending) for every row of Q.
 
-    Writes positions (int64) and scores (float32) best first into ``out_pos[q]`` and
-    ``out_scores[q]``. ``budget`` = candidates + k − 1 per indexed ring (§3.4 T2);
-    ``scan_size`` = entries read per pointer per visit. Each of ``nworkers`` workers takes
-    every ``nworkers``-th query with scratch of its own, allocated once: collision counters
-    sized to the largest indexed ring, reset through the list of ids they touched.
+    ``query_keys`` (nq, total m) float32 holds Q · proj[:, :d]ᵀ. Writes positions (int64)
+    and scores (float32) best first into ``out_pos[q]`` and ``out_scores[q]``.
+    ``budget`` = candidates + k − 1 per indexed ring (§3.4 T2); ``scan_size`` = entries
+    read per pointer per visit. Each of ``nworkers`` workers takes every ``nworkers``-th
+    query with scratch of its own, allocated once: collision counters sized to the largest
+    indexed ring, reset through the list of ids they touched.
     """
     nq = Q.shape[0]
     nworkers = max(1, min(nworkers, nq))
     for wk in prange(nworkers):
         scratch = _scratch(W.shape[1], ring_bounds, ring_m, k)  # once per worker
         for qi in range(wk, nq, nworkers):
-            _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, proj,
+            _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, query_keys,
                    keys, ids, scale, width, c0, budget, scan_size, out_pos, out_scores, scratch)

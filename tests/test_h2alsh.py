@@ -198,8 +198,8 @@ def test_serial_equals_parallel_bit_for_bit(threads):
     state = h2alsh.build(W, norms, scan_threshold=150, max_ring=400, rng=0)
     assert state["ring_m"].any() and not state["ring_m"].all()
     Q = rng.standard_normal((37, 32)).astype(np.float32)
-    args = [state[key] for key in ("ring_bounds", "ring_m", "ring_l", "proj_off", "key_off",
-                                   "proj", "keys", "ids")]
+    args = [state[key] for key in ("ring_bounds", "ring_m", "ring_l", "proj_off", "key_off")]
+    args += [Q @ state["proj"][:, :32].T, state["keys"], state["ids"]]
     scalars = (float(state["scale"]), float(state["width"]), float(state["c0"]),
                int(state["candidates"]) + 9, int(state["scan_size"]))
     results = []
