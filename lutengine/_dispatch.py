@@ -64,19 +64,26 @@ def scan_float(codes, luts, out_bias):
     return out
 
 
-def build_and_quantize_luts(prototypes, B):
-    """float32 tables (C, 16, M), their uint8 quantisation, per-codebook offsets and scale."""
-    luts = lut.build_luts(prototypes, B)
+def build_luts(prototypes, B):
+    """float32 tables (C, 16, M) = prototypes · B."""
+    return lut.build_luts(prototypes, B)
+
+
+def quantize_luts(luts):
+    """uint8 quantisation of float32 tables (C, 16, M): (luts_q, per-codebook offsets, scale)."""
     luts_q = np.empty(luts.shape, dtype=np.uint8)
     kernel = lut.quantize_luts_parallel if numba.get_num_threads() > 1 else lut.quantize_luts_serial
     mins, scale = kernel(luts, luts_q)
-    return luts, luts_q, mins, np.float32(scale)
+    return luts_q, mins, np.float32(scale)
 
 
-def onehot_products(codes, A):
-    """(GᵀG, GᵀA) in float64 for the one-hot matrix G of the codes."""
-    par = _parallel(codes.shape[0])
-    gram = (onehot.onehot_gram_parallel if par else onehot.onehot_gram_serial)(codes, config.FIT_CHUNK_ROWS)
-    rowsum = (onehot.onehot_rowsum_parallel if par else onehot.onehot_rowsum_serial)(
-        codes, A, config.FIT_CHUNK_ROWS)
-    return gram, rowsum
+def onehot_gram(codes):
+    """GᵀG in float64 (16C × 16C) for the one-hot matrix G of the codes."""
+    kernel = onehot.onehot_gram_parallel if _parallel(codes.shape[0]) else onehot.onehot_gram_serial
+    return kernel(codes, config.FIT_CHUNK_ROWS)
+
+
+def onehot_rowsum(codes, A):
+    """GᵀA in float64 (16C × D): the rows of A scatter-added by their codes."""
+    kernel = onehot.onehot_rowsum_parallel if _parallel(codes.shape[0]) else onehot.onehot_rowsum_serial
+    return kernel(codes, A, config.FIT_CHUNK_ROWS)

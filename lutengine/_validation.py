@@ -71,7 +71,7 @@ def check_ncodebooks(ncodebooks, n_features):
 
 def check_choice(value, name, choices):
     if value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+        raise ValueError(f"{name} must be one of {sorted(choices, key=repr)}, got {value!r}")
 
 
 def check_codes(codes, name, ncodebooks):

@@ -14,7 +14,7 @@ from .matmul import LutMatmul
 
 #: command-line options forwarded to an experiment's run() when given
 _EXPERIMENT_OPTIONS = ("dataset", "ncodebooks", "ks", "networks", "l1", "epochs", "methods", "hidden",
-                       "max_train", "random_state", "data_home")
+                       "hidden_sizes", "seeds", "max_train", "random_state", "data_home")
 
 #: the demo's network per default dataset: hidden units and MLPClassifier settings
 DEMO_MLP = {"mnist": (256, {"max_iter": 10}), "digits": (64, {"batch_size": 64, "max_iter": 100})}
@@ -122,15 +122,21 @@ def build_parser():
     rep.add_argument("--dataset", choices=_common.DATASETS,
                      help="mnist or fashion (digits: tiny built-in set for quick runs)")
     rep.add_argument("--ncodebooks", type=_positive_int, nargs="+", metavar="C",
-                     help="classifier-layer: numbers of codebooks")
+                     help="classifier-layer, itlumm-mnist: numbers of codebooks")
     rep.add_argument("--ks", type=_positive_int, nargs="+", metavar="K",
                      help="mips-mnist: numbers of top (and bottom) rows computed")
     rep.add_argument("--networks", nargs="+", choices=("plain", "sparse"),
                      help="mips-mnist: networks to train (sparse: L1 on hidden activations)")
     rep.add_argument("--l1", type=float, help="mips-mnist: L1 strength of the sparse network")
-    rep.add_argument("--epochs", type=_positive_int, help="mips-mnist: training epochs")
+    rep.add_argument("--epochs", type=_positive_int,
+                     help="mips-mnist, itlumm-mnist: training epochs")
     rep.add_argument("--methods", nargs="+", metavar="METHOD")
-    rep.add_argument("--hidden", type=_positive_int, metavar="UNITS")
+    rep.add_argument("--hidden", type=_positive_int, metavar="UNITS",
+                     help="classifier-layer, mips-mnist: hidden units")
+    rep.add_argument("--hidden-sizes", type=_positive_int, nargs="+", metavar="UNITS",
+                     help="itlumm-mnist: hidden layer widths (default: 30 30 30)")
+    rep.add_argument("--seeds", type=_positive_int,
+                     help="itlumm-mnist: replacement seeds averaged at 1 codebook")
     rep.add_argument("--max-train", type=_positive_int, metavar="ROWS")
     rep.add_argument("--random-state", type=int, metavar="SEED")
     rep.add_argument("--data-home", type=Path, metavar="PATH")

@@ -1,7 +1,9 @@
 """Approximate ``A @ B (+ bias)`` with lookup tables.
 
 ``LutMatmul``: MADDNESS (Blalock & Guttag 2021): hash-tree encoding (§4.1), ridge
-prototypes (§4.2), int8 tables with averaged accumulation (§4.3).
+prototypes (§4.2), int8 tables with averaged accumulation (§4.3); with ITLUMM's options
+(McCarter & Dronen 2022): permuted subspaces (§3.1) and tables fitted through the
+layer's nonlinearity (§3.2).
 ``PQMatmul``: the product-quantisation baseline (16 k-means centroids per subspace).
 Both share the table build, the scan kernel and the ``.npz`` persistence.
 """
@@ -19,7 +21,11 @@ from ._validation import (
     as_float_matrix, as_float_vector, check_choice, check_codes, check_is_fitted,
     check_n_features, check_ncodebooks, raise_if_nonfinite_read,
 )
-from .lut_opt import ridge_prototypes
+from .lut_opt import optimize_luts, ridge_prototypes
+
+#: lut_objective -> the activations it accepts
+ACTIVATIONS = {"ridge": {None}, "mse": {None, "relu", "softmax"}, "kl": {"softmax"}}
+
 
 class _LutEstimator:
     """Shared fit/predict/persistence; subclasses learn the encoder and prototypes."""
@@ -66,17 +72,23 @@ class _LutEstimator:
                              f"got B with shape {B.shape}")
         self._check_params(A.shape[1])
         bias = np.zeros(B.shape[1], np.float32) if bias is None else as_float_vector(bias, "bias", B.shape[1])
-        C = self.ncodebooks
-        cols, bounds = partition.contiguous(A.shape[1], C)
+        cols, bounds = self._partition(A)
         self.prototypes_ = self._fit_encoder(A, cols, bounds)
         self.subspace_cols_, self.subspace_bounds_ = cols, bounds
         self.bias_ = bias
-        self._set_luts(B)
+        self._set_quantized(self._fit_luts(A, B, _dispatch.build_luts(self.prototypes_, B)))
         return self
 
-    def _set_luts(self, B):
-        self.luts_, self.luts_q_, self.lut_offsets_, self.lut_scale_ = \
-            _dispatch.build_and_quantize_luts(self.prototypes_, B)
+    def _partition(self, A):
+        return partition.contiguous(A.shape[1], self.ncodebooks)
+
+    def _fit_luts(self, A, B, luts):
+        """The tables: P·B (``luts``) unless a subclass fits them otherwise."""
+        return luts
+
+    def _set_quantized(self, luts):
+        self.luts_ = luts
+        self.luts_q_, self.lut_offsets_, self.lut_scale_ = _dispatch.quantize_luts(luts)
 
     def _check_params(self, n_features):
         check_ncodebooks(self.ncodebooks, n_features)
@@ -129,45 +141,65 @@ class LutMatmul(_LutEstimator):
     ----------
     ncodebooks : int
         C, the number of 4-bit codes per row (1 ≤ C ≤ min(D, 256)).
-    partition : {"contiguous"}
-        How the D columns are split into C subspaces (maddness.md §2.1).
-    lut_objective : {"ridge"}
-        How prototypes are optimised: ridge toward the leaf means (§4.2).
-    activation : None
-        Reserved for model-aware tables (ITLUMM); only None is supported here.
+    partition : {"contiguous", "opq", "r2"}
+        How the D columns are split into C subspaces: MADDNESS's contiguous ranges
+        (maddness.md §2.1), or ITLUMM's permutations (OPQ rotation matched to a
+        permutation, or R² clustering with optimal leaf ordering; :mod:`lutengine.partition`).
+    lut_objective : {"ridge", "mse", "kl"}
+        "ridge": the tables are P·B with ridge prototypes (MADDNESS §4.2). "mse" / "kl":
+        ITLUMM's tables T fitted through ``activation`` from P·B, minimising the squared
+        error or the KL divergence of the softmax (:func:`lutengine.lut_opt.optimize_luts`).
+    activation : {None, "relu", "softmax"}
+        σ of the "mse" objective ("kl" needs "softmax"; "ridge" needs None).
     quantize : bool
         int8 tables with averaged accumulation (True) or exact float32 tables (False).
     ridge_lambda : float
         λ of the ridge step (1 in the reference).
+    lut_lambda : float
+        λ of ‖T − P·B‖² in the "mse" / "kl" objectives (1 in ITLUMM).
     random_state : int or None
-        Unused by MADDNESS (deterministic); kept for a uniform API.
+        Seed of the OPQ partition (MADDNESS itself is deterministic).
     progress : bool
         Show a progress bar while learning the trees.
     """
 
     _param_names = ("ncodebooks", "partition", "lut_objective", "activation", "quantize",
-                    "ridge_lambda", "random_state", "progress")
+                    "ridge_lambda", "lut_lambda", "random_state", "progress")
     _state_attrs = _LutEstimator._common_state + ("split_dims_", "thresholds_")
 
     def __init__(self, ncodebooks=16, partition="contiguous", lut_objective="ridge",
-                 activation=None, quantize=True, ridge_lambda=1.0, random_state=None,
-                 progress=True):
+                 activation=None, quantize=True, ridge_lambda=1.0, lut_lambda=1.0,
+                 random_state=None, progress=True):
         self.ncodebooks = ncodebooks
         self.partition = partition
         self.lut_objective = lut_objective
         self.activation = activation
         self.quantize = quantize
         self.ridge_lambda = ridge_lambda
+        self.lut_lambda = lut_lambda
         self.random_state = random_state
         self.progress = progress
 
     def _check_params(self, n_features):
         super()._check_params(n_features)
-        check_choice(self.partition, "partition", {"contiguous"})
-        check_choice(self.lut_objective, "lut_objective", {"ridge"})
-        check_choice(self.activation, "activation", {None})
-        if not (np.isfinite(self.ridge_lambda) and self.ridge_lambda >= 0):
-            raise ValueError(f"ridge_lambda must be a finite number >= 0, got {self.ridge_lambda!r}")
+        check_choice(self.partition, "partition", {"contiguous", "opq", "r2"})
+        check_choice(self.lut_objective, "lut_objective", set(ACTIVATIONS))
+        check_choice(self.activation, f"activation (with lut_objective={self.lut_objective!r})",
+                     ACTIVATIONS[self.lut_objective])
+        for name in ("ridge_lambda", "lut_lambda"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    def _partition(self, A):
+        return partition.learn(self.partition, A, self.ncodebooks, self.random_state)
+
+    def _fit_luts(self, A, B, luts):
+        if self.lut_objective == "ridge":
+            return luts
+        codes, _ = self._encode(A)
+        return optimize_luts(codes, A, B, self.bias_, luts, self.lut_objective, self.activation,
+                             lam=self.lut_lambda, progress=self.progress)
 
     def _fit_encoder(self, A, cols, bounds):
         C, D = self.ncodebooks, A.shape[1]

@@ -198,6 +198,53 @@ def test_pq_baseline_on_mnist_layer(mnist_linear_layer):
     assert _nmse(est.predict(X_test), X_test @ W) < 0.5
 
 
+# -- ITLUMM options ------------------------------------------------------------------------
+
+def test_permuted_partition_is_used_through_the_column_selection():
+    A, B = _layer(d=24)
+    perm = np.random.default_rng(3).permutation(24)
+    est = le.LutMatmul(4, partition="r2", progress=False).fit(A, B)
+    cols, bounds = est.subspace_cols_, est.subspace_bounds_
+    assert sorted(cols) == list(range(24)) and list(bounds) == list(contiguous(24, 4)[1])
+    # every tree splits only on the columns of its own subspace
+    for c in range(4):
+        assert set(est.split_dims_[c]) <= set(cols[bounds[c]:bounds[c + 1]])
+    # the same model on permuted columns: permuting A's columns and B's rows changes nothing
+    moved = le.LutMatmul(4, partition="r2", progress=False).fit(A[:, perm], B[perm])
+    np.testing.assert_array_equal(perm[moved.subspace_cols_], cols)
+    np.testing.assert_array_equal(moved.predict(A[:, perm]), est.predict(A))
+
+
+@pytest.mark.parametrize("objective, activation", [("mse", "relu"), ("mse", None),
+                                                   ("kl", "softmax")])
+def test_itlumm_tables_are_the_optimised_luts(objective, activation):
+    from lutengine.lut_opt import optimize_luts
+    A, B = _layer()
+    bias = np.linspace(-1, 1, B.shape[1]).astype(np.float32)
+    base = le.LutMatmul(4, quantize=False, progress=False).fit(A, B, bias=bias)
+    est = le.LutMatmul(4, lut_objective=objective, activation=activation, quantize=False,
+                       progress=False).fit(A, B, bias=bias)
+    expected = optimize_luts(base.transform(A), A, B, bias, base.luts_, objective, activation,
+                             progress=False)
+    np.testing.assert_array_equal(est.luts_, expected)
+    codes = est.transform(A)
+    np.testing.assert_allclose(est.predict(A), ref.ref_scan_float(codes, expected, bias),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"lut_objective": "kl"}, r"activation \(with lut_objective='kl'\) must be one of \['softmax'\]"),
+    ({"activation": "relu"}, r"activation \(with lut_objective='ridge'\) must be one of \[None\]"),
+    ({"lut_objective": "cosine"}, "lut_objective must be one of"),
+    ({"lut_lambda": -1.0}, "lut_lambda must be a finite number >= 0"),
+    ({"partition": "magic"}, "partition must be one of"),
+])
+def test_itlumm_options_are_checked(kwargs, match):
+    A, B = _layer()
+    with pytest.raises(ValueError, match=match):
+        le.LutMatmul(4, progress=False, **kwargs).fit(A, B)
+
+
 # -- conventions --------------------------------------------------------------------------
 
 def test_layout_dtype_and_thread_count_do_not_change_results(threads):
@@ -231,10 +278,14 @@ def test_params_and_clone():
         est.set_params(foo=1)
 
 
-@pytest.mark.parametrize("cls", [le.LutMatmul, le.PQMatmul])
-def test_save_load_round_trip(cls, tmp_path):
+@pytest.mark.parametrize("make", [
+    lambda: le.LutMatmul(6, progress=False), lambda: le.PQMatmul(6, progress=False),
+    lambda: le.LutMatmul(6, partition="opq", lut_objective="kl", activation="softmax",
+                         random_state=0, progress=False)])
+def test_save_load_round_trip(make, tmp_path):
     A, B = _layer()
-    est = cls(ncodebooks=6, progress=False).fit(A, B, bias=np.ones(B.shape[1]))
+    est = make().fit(A, B, bias=np.ones(B.shape[1]))
+    cls = type(est)
     est.save(tmp_path / "m.npz")
     back = le.load(tmp_path / "m.npz")
     assert type(back) is cls and back.get_params() == est.get_params()
@@ -281,12 +332,6 @@ def test_fit_rejects_bad_ncodebooks(C, exc, match):
     A, B = _layer()
     with pytest.raises(exc, match=match):
         le.LutMatmul(C, progress=False).fit(A, B)
-
-
-def test_unsupported_options_are_named():
-    A, B = _layer()
-    with pytest.raises(ValueError, match="partition must be one of"):
-        le.LutMatmul(4, partition="magic", progress=False).fit(A, B)
 
 
 def test_predict_rejects_bad_input(fitted):

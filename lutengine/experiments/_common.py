@@ -137,12 +137,16 @@ def machine_info():
 
 # -- writing results -------------------------------------------------------------------------
 
-#: default plots: file suffix -> (x field, y field, x-axis log base)
+#: default plots: file suffix -> (x field, y field, x-axis log base[, table]); the table is
+#: the list of row dicts plotted, ``"rows"`` unless named
 PLOTS = {"accuracy": ("ncodebooks", "relative_accuracy", 2),
          "speed": ("speedup_vs_blas", "relative_accuracy", 10)}
 
 _LABELS = {"ncodebooks": "codebooks C", "relative_accuracy": "accuracy / exact accuracy",
            "speedup_vs_blas": "speed-up over BLAS (1 thread)"}
+
+#: fields naming the line a row belongs to in a plot, in label order
+_SERIES_FIELDS = ("network", "layer", "method", "finetune")
 
 
 def _cell(value):
@@ -155,43 +159,59 @@ def _cell(value):
     return str(value)
 
 
+def _is_table(value):
+    return isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+
+
 def to_markdown(result, title):
-    """A Markdown page: the other fields as a list, then ``result["rows"]`` as a table."""
+    """A Markdown page: the scalar fields as a list, then each list of row dicts
+    (``rows`` and any other) as a table under its name."""
     lines = [f"# {title}", ""]
-    lines += [f"- {key}: {_cell(value)}" for key, value in result.items() if key != "rows"]
-    rows = result["rows"]
-    columns = list(rows[0]) if rows else []
-    lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+    lines += [f"- {key}: {_cell(value)}" for key, value in result.items()
+              if not _is_table(value)]
+    for key, rows in result.items():
+        if _is_table(rows):
+            columns = list(rows[0])
+            lines += ["", f"## {key}", "", "| " + " | ".join(columns) + " |",
+                      "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def _series(row):
-    """The line a row belongs to: its method, prefixed by its network when it has one."""
-    return " ".join(str(row[field]) for field in ("network", "method") if field in row)
+    """The line a row belongs to: its method, with its network, layer and fine-tuning
+    when it has them."""
+    parts = []
+    for field in _SERIES_FIELDS:
+        if field in row:
+            value = row[field]
+            parts.append(("" if value else "no ") + field if isinstance(value, bool)
+                         else f"layer {value}" if field == "layer" else str(value))
+    return " ".join(parts)
 
 
-def _plot(result, x, y, log_base, path, title):
+def _plot(rows, x, y, log_base, path, title):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    series = dict.fromkeys(_series(row) for row in result["rows"])
-    for method in series:
-        rows = [r for r in result["rows"] if _series(r) == method]
-        rows.sort(key=lambda r: r.get("ncodebooks", r[x]))
-        ax.plot([r[x] for r in rows], [r[y] for r in rows], marker="o", label=method)
-        if x != "ncodebooks" and "ncodebooks" in rows[0]:
-            for r in rows:
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    series = dict.fromkeys(_series(row) for row in rows)
+    for label in series:
+        line = sorted((r for r in rows if _series(r) == label),
+                      key=lambda r: r.get("ncodebooks", r[x]))
+        ax.plot([r[x] for r in line], [r[y] for r in line], marker="o", label=label or y)
+        if x != "ncodebooks" and "ncodebooks" in line[0]:
+            for r in line:
                 ax.annotate(f"C={r['ncodebooks']}", (r[x], r[y]), textcoords="offset points",
                             xytext=(4, 4), fontsize=7)
     if y == "relative_accuracy":
         ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="exact")
-    if x == "speedup_vs_blas":
-        ax.axvline(1.0, color="gray", linestyle=":", linewidth=1)
+    if x == "speedup_vs_blas" or y == "speedup_vs_blas":
+        (ax.axvline if x == "speedup_vs_blas" else ax.axhline)(1.0, color="gray", linestyle=":",
+                                                               linewidth=1)
     ax.set_xscale("log", base=log_base)
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
@@ -199,7 +219,7 @@ def _plot(result, x, y, log_base, path, title):
     ax.set_ylabel(_LABELS.get(y, y))
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7 if len(series) > 6 else None)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -210,8 +230,8 @@ def write_results(result, out_dir, name, plots=PLOTS):
 
     Files: ``{name}.json`` (the latest run) and, when the result names a dataset ``ds``,
     ``{name}_{ds}.json`` too (runs on several datasets into one folder keep theirs);
-    ``{name}_{ds}.md`` (Markdown table) and ``{name}_{ds}_{suffix}.png`` for each entry
-    ``suffix: (x, y, log_base)`` of ``plots`` (one line per ``method``, log x-axis).
+    ``{name}_{ds}.md`` (Markdown tables) and ``{name}_{ds}_{suffix}.png`` for each entry
+    ``suffix: (x, y, log_base[, table])`` of ``plots`` (one line per method, log x-axis).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -226,8 +246,9 @@ def write_results(result, out_dir, name, plots=PLOTS):
     md = out_dir / f"{stem}.md"
     md.write_text(to_markdown(result, title))
     paths.append(md)
-    for suffix, (x, y, log_base) in plots.items():
+    for suffix, (x, y, log_base, *table) in plots.items():
         png = out_dir / f"{stem}_{suffix}.png"
-        _plot(result, x, y, log_base, png, title)
+        _plot(result[table[0] if table else "rows"], x, y, log_base, png,
+              f"{title}: {table[0].replace('_', ' ')}" if table else title)
         paths.append(png)
     return paths

@@ -2,8 +2,10 @@
 
 The setting of MADDNESS §5.3 (Blalock & Guttag 2021) on a 784→512→10 ReLU MLP: the
 hidden activations H and the output weights W2 are fixed, and ``H @ W2 + b2`` is
-approximated by :class:`~lutengine.LutMatmul` (MADDNESS) and :class:`~lutengine.PQMatmul`
-for several numbers of codebooks C. Reported per (method, C): test accuracy, accuracy
+approximated by :class:`~lutengine.LutMatmul` (MADDNESS, and ITLUMM's
+``itlumm-{partition}-{objective}``: permuted subspaces and tables fitted through the
+softmax, McCarter & Dronen 2022 §4.1) and :class:`~lutengine.PQMatmul` for several
+numbers of codebooks C. Reported per (method, C): test accuracy, accuracy
 relative to the exact network, the NMSE of the logits, fit time, and single-thread
 predict time against the BLAS product measured in the same process.
 """
@@ -22,10 +24,15 @@ NAME = "classifier_layer"
 METHODS = {
     "maddness": lambda C, random_state: LutMatmul(C, random_state=random_state, progress=False),
     "pq": lambda C, random_state: PQMatmul(C, random_state=random_state, progress=False),
+    **{f"itlumm-{partition}-{objective}":
+       lambda C, random_state, partition=partition, objective=objective: LutMatmul(
+           C, partition=partition, lut_objective=objective, activation="softmax",
+           random_state=random_state, progress=False)
+       for partition in ("contiguous", "opq", "r2") for objective in ("mse", "kl")},
 }
 
 
-def run(dataset="mnist", ncodebooks=(2, 4, 8, 16, 32, 64), methods=("maddness", "pq"),
+def run(dataset="mnist", ncodebooks=(2, 4, 8, 16, 32, 64), methods=tuple(METHODS),
         hidden=512, random_state=0, max_train=None, progress=True, data_home=None):
     """Train the MLP, then approximate its output layer with each method and C.
 
@@ -34,7 +41,7 @@ def run(dataset="mnist", ncodebooks=(2, 4, 8, 16, 32, 64), methods=("maddness", 
     dataset : {"mnist", "fashion", "digits"}
     ncodebooks : sequence of int
         Numbers of codebooks C to try (each ≤ ``hidden``).
-    methods : sequence of {"maddness", "pq"}
+    methods : sequence of names in :data:`METHODS`
     hidden : int
         Width of the hidden layer.
     random_state : int

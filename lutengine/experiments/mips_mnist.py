@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 import lutengine
 
-from . import _common, _train
+from .. import nn
+from . import _common
 
 #: file stem of the results (``{NAME}.json`` and friends)
 NAME = "mips_mnist"
@@ -48,9 +49,9 @@ PLOTS = {"accuracy": ("active_neurons", "accuracy", 2)}
 
 def oracle_active(Z, k, bottom):
     """Mask of the exact top-k (and bottom-k when ``bottom``) entries of each row of ``Z``."""
-    mask = _train.kwta_mask(Z, k)
+    mask = nn.kwta_mask(Z, k)
     if bottom:
-        mask |= _train.kwta_mask(-Z, k)
+        mask |= nn.kwta_mask(-Z, k)
     return mask
 
 
@@ -110,9 +111,9 @@ def run(dataset="mnist", ks=(10, 20, 40, 80, 784), networks=NETWORKS, methods=tu
     full, seconds, rows = {}, {}, []
     for network in networks:
         start = time.perf_counter()
-        W1, b1, W2, b2 = _train.train_mlp(Xtr, ytr, hidden, l1=l1 if network == "sparse" else 0.0,
-                                          random_state=random_state, progress=progress,
-                                          **settings)
+        net = nn.MLP.train(Xtr, ytr, [hidden], l1=l1 if network == "sparse" else 0.0,
+                           random_state=random_state, progress=progress, **settings)
+        (W1, b1), (W2, b2) = ((layer.W, layer.b) for layer in net.layers)
         seconds[network] = time.perf_counter() - start
         Z = Xte @ W1 + b1
         full[network] = _common.accuracy(_scores(Z, W2, b2), yte)
@@ -127,7 +128,7 @@ def run(dataset="mnist", ks=(10, 20, 40, 80, 784), networks=NETWORKS, methods=tu
             else:
                 Z_hat, active = h2alsh_active(W1, b1, Xte, k, bottom, random_state)
             search_seconds = time.perf_counter() - start
-            found = (active & _train.kwta_mask(Z, k)).sum(axis=1)
+            found = (active & nn.kwta_mask(Z, k)).sum(axis=1)
             acc = _common.accuracy(_scores(Z_hat, W2, b2), yte)
             nominal = min(2 * k if bottom else k, hidden)
             rows.append({"network": network, "method": method, "k": k,

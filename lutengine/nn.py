@@ -1,0 +1,270 @@
+"""Small ReLU/softmax networks whose layers can be replaced by lookup-table products.
+
+:class:`MLP` holds a stack of affine layers (ReLU between them, softmax at the output);
+each layer is a :class:`Dense` (exact) or any fitted estimator with ``predict(A) ≈ A W + b``
+(:class:`~lutengine.LutMatmul`). :func:`replace_layers` is the incremental replacement of
+ITLUMM (McCarter & Dronen 2022, §3.3): from the input to the output, each layer is fitted
+on the activations it really receives from the layers already replaced, frozen, and the
+exact layers after it are fine-tuned.
+
+Training is a small float32 NumPy Adam loop (Kingma & Ba 2015) on the softmax
+cross-entropy, with two optional ways to concentrate the hidden activations (the MIPS
+experiment needs them): an L1 penalty on them, and k-winners-take-all.
+"""
+
+import copy
+
+import numpy as np
+from tqdm import tqdm
+
+from ._validation import as_float_matrix, check_n_features
+from .matmul import LutMatmul
+
+#: Adam's constants (the paper's defaults)
+ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+
+#: fine-tuning after each replaced layer: Adam epochs and step size (ITLUMM §3.3)
+FINETUNE = {"epochs": 3, "batch_size": 128, "learning_rate": 5e-4}
+
+
+class Dense:
+    """An exact affine layer ``A @ W + b`` with W (n_in, n_out) and b (n_out,), float32."""
+
+    def __init__(self, W, b):
+        self.W = np.ascontiguousarray(W, dtype=np.float32)
+        self.b = np.ascontiguousarray(b, dtype=np.float32)
+
+    def predict(self, A):
+        return A @ self.W + self.b
+
+    def __repr__(self):
+        return f"Dense({self.W.shape[0]} → {self.W.shape[1]})"
+
+
+def relu(Z):
+    """max(Z, 0) as C-contiguous float32 (what the estimators read without a copy)."""
+    return np.ascontiguousarray(np.maximum(Z, 0), dtype=np.float32)
+
+
+def softmax(Z):
+    """Row-wise softmax, computed stably."""
+    E = np.exp(Z - Z.max(axis=1, keepdims=True))
+    return E / E.sum(axis=1, keepdims=True)
+
+
+class MLP:
+    """A classifier: affine layers with ReLU between them and a softmax output.
+
+    ``layers[i]`` maps the activations of layer i − 1 (the input for i = 0) to the
+    pre-activations of layer i; ``classes`` are the labels of the output units.
+    """
+
+    def __init__(self, layers, classes=None):
+        if not layers:
+            raise ValueError("layers must not be empty")
+        self.layers = list(layers)
+        n_out = _n_outputs(self.layers[-1])
+        self.classes = np.arange(n_out) if classes is None else np.asarray(classes)
+        if self.classes.shape != (n_out,):
+            raise ValueError(f"classes must have one label per output unit ({n_out}), "
+                             f"got shape {self.classes.shape}")
+
+    @classmethod
+    def from_sklearn(cls, clf):
+        """The network of a fitted ``sklearn.neural_network.MLPClassifier`` (ReLU hidden
+        layers, more than two classes so that the output is a softmax)."""
+        if not hasattr(clf, "coefs_"):
+            raise ValueError("clf must be a fitted MLPClassifier")
+        if clf.activation != "relu" or clf.out_activation_ != "softmax":
+            raise ValueError(f"clf must have ReLU hidden layers and a softmax output, got "
+                             f"activation={clf.activation!r}, output {clf.out_activation_!r}")
+        return cls([Dense(W, b) for W, b in zip(clf.coefs_, clf.intercepts_)], clf.classes_)
+
+    @classmethod
+    def train(cls, X, y, hidden_sizes, epochs=15, batch_size=128, learning_rate=1e-3, l1=0.0,
+              kwta=None, random_state=0, progress=True):
+        """A new network X → ReLU(hidden_sizes…) → softmax(n_classes), trained with Adam
+        (see :func:`train_layers`; He-uniform hidden layers, Glorot output, zero biases).
+        ``y`` holds labels 0..n_classes − 1."""
+        X = as_float_matrix(X, "X")
+        y = _labels(y, len(X))
+        rng = np.random.default_rng(random_state)
+        sizes = [X.shape[1], *hidden_sizes, int(y.max()) + 1]
+        params = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            fan = n_in if i < len(sizes) - 2 else n_in + n_out
+            params += [(rng.uniform(-1, 1, (n_in, n_out)) * np.sqrt(6 / fan)).astype(np.float32),
+                       np.zeros(n_out, np.float32)]
+        train_layers(params, X, y, epochs, batch_size, learning_rate, l1, kwta, rng, progress)
+        return cls([Dense(W, b) for W, b in zip(params[0::2], params[1::2])])
+
+    def activations(self, X, stop):
+        """What layer ``stop`` receives: X through layers 0..stop − 1 and their ReLUs."""
+        H = as_float_matrix(X, "X")
+        check_n_features(H, "X", _n_inputs(self.layers[0]))
+        for layer in self.layers[:stop]:
+            H = relu(layer.predict(H))
+        return H
+
+    def decision_function(self, X):
+        """Logits (n, n_classes)."""
+        return self.layers[-1].predict(self.activations(X, len(self.layers) - 1))
+
+    def predict_proba(self, X):
+        return softmax(np.asarray(self.decision_function(X), dtype=np.float64))
+
+    def predict(self, X):
+        return self.classes[np.argmax(self.decision_function(X), axis=1)]
+
+    def score(self, X, y):
+        """Accuracy on (X, y)."""
+        return float(np.mean(self.predict(X) == np.asarray(y)))
+
+    def __repr__(self):
+        return f"MLP({self.layers!r})"
+
+
+def _n_inputs(layer):
+    return layer.W.shape[0] if isinstance(layer, Dense) else layer.n_features_in_
+
+
+def _n_outputs(layer):
+    return layer.W.shape[1] if isinstance(layer, Dense) else layer.n_outputs_
+
+
+def _labels(y, n):
+    y = np.asarray(y)
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer) or (n and y.min() < 0):
+        raise ValueError(f"y must hold {n} integer labels >= 0, got shape {y.shape} and "
+                         f"dtype {y.dtype}")
+    return y.astype(np.int64)
+
+
+def _class_indices(classes, y, n):
+    """Indices into ``classes`` (sorted) of the labels ``y``, which must all be among them."""
+    y = np.asarray(y)
+    idx = np.minimum(np.searchsorted(classes, y), len(classes) - 1)
+    if y.shape != (n,) or not np.array_equal(classes[idx], y):
+        raise ValueError(f"y_train must hold {n} labels among the network's classes "
+                         f"{classes.tolist()}, got shape {y.shape}")
+    return idx.astype(np.int64)
+
+
+def kwta_mask(Z, k):
+    """Boolean mask of the ``k`` largest entries of each row of ``Z``."""
+    mask = np.zeros(Z.shape, dtype=bool)
+    if k >= Z.shape[1]:
+        mask[:] = True
+        return mask
+    top = np.argpartition(Z, Z.shape[1] - k, axis=1)[:, Z.shape[1] - k:]
+    np.put_along_axis(mask, top, True, axis=1)
+    return mask
+
+
+def loss_and_grads(params, X, y, l1=0.0, kwta=None):
+    """Loss of a batch and its gradients with respect to ``params`` [W0, b0, W1, b1, …].
+
+    loss = mean over rows of the softmax cross-entropy + ``l1`` · mean over rows of the
+    sum of the hidden activations h = ReLU(Z), restricted to the ``kwta`` largest
+    pre-activations of each row when ``kwta`` is given (the others are set to 0).
+    """
+    Ws, bs = params[0::2], params[1::2]
+    n = X.shape[0]
+    inputs, masks = [X], []
+    for W, b in zip(Ws[:-1], bs[:-1]):
+        Z = inputs[-1] @ W + b
+        active = Z > 0
+        if kwta is not None:
+            active &= kwta_mask(Z, kwta)
+        masks.append(active)
+        inputs.append(np.where(active, Z, 0).astype(Z.dtype, copy=False))
+    logits = inputs[-1] @ Ws[-1] + bs[-1]
+    logits -= logits.max(axis=1, keepdims=True)
+    P = np.exp(logits)
+    P /= P.sum(axis=1, keepdims=True)
+    rows = np.arange(n)
+    loss = -np.mean(np.log(P[rows, y])) + l1 * sum(float(H.sum()) for H in inputs[1:]) / n
+    dZ = P
+    dZ[rows, y] -= 1
+    dZ /= n
+    grads = [None] * len(params)
+    for i in reversed(range(len(Ws))):
+        grads[2 * i], grads[2 * i + 1] = inputs[i].T @ dZ, dZ.sum(axis=0)
+        if i:
+            dH = dZ @ Ws[i].T + l1 / n  # h ≥ 0, so d|h|/dh = 1 where h is active
+            dZ = np.where(masks[i - 1], dH, 0).astype(dH.dtype, copy=False)
+    return float(loss), grads
+
+
+def train_layers(params, X, y, epochs, batch_size, learning_rate, l1=0.0, kwta=None, rng=None,
+                 progress=True):
+    """Adam on shuffled mini-batches, updating ``params`` (see :func:`loss_and_grads`) in
+    place for a fixed number of epochs; ``rng`` (seed or Generator) orders the batches."""
+    rng = np.random.default_rng(rng)
+    first = [np.zeros_like(p) for p in params]
+    second = [np.zeros_like(p) for p in params]
+    b1, b2, eps = ADAM["beta1"], ADAM["beta2"], ADAM["eps"]
+    step = 0
+    bar = tqdm(range(epochs), desc="train MLP", disable=not progress, leave=False)
+    for _ in bar:
+        order = rng.permutation(len(X))
+        total = 0.0
+        for start in range(0, len(X), batch_size):
+            batch = order[start:start + batch_size]
+            loss, grads = loss_and_grads(params, X[batch], y[batch], l1, kwta)
+            total += loss * len(batch)
+            step += 1
+            rate = float(learning_rate * np.sqrt(1 - b2 ** step) / (1 - b1 ** step))
+            for p, g, m, v in zip(params, grads, first, second):
+                m *= b1
+                m += (1 - b1) * g
+                v *= b2
+                v += (1 - b2) * (g * g)
+                p -= rate * m / (np.sqrt(v) + eps)
+        bar.set_postfix(loss=f"{total / len(X):.4f}")
+
+
+def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="contiguous",
+                   lut_objective="ridge", finetune=True, finetune_settings=None,
+                   random_state=0, progress=True):
+    """Replace layers of ``net`` by fitted :class:`~lutengine.LutMatmul` (ITLUMM §3.3).
+
+    From the input to the output, each layer in ``layers`` (default: all) is fitted on
+    the activations it receives from the already-replaced network on ``X_train``, then
+    frozen; with ``finetune`` the exact layers after it are trained on ``(X_train,
+    y_train)`` for :data:`FINETUNE` (overridden by ``finetune_settings``).
+
+    ``lut_objective`` "ridge" is MADDNESS's tables; "mse" fits the tables through each
+    layer's nonlinearity (ReLU for hidden layers, softmax for the output); "kl" does so for
+    the output layer with the KL divergence of the softmax, and uses "mse" for hidden
+    layers (KL is defined for distributions only). ``partition`` and ``ncodebooks`` (an
+    int, or one per replaced layer) go to every :class:`~lutengine.LutMatmul`.
+    Returns a new :class:`MLP`; ``net`` is left unchanged.
+    """
+    net = MLP(copy.deepcopy(net.layers), net.classes)
+    X = as_float_matrix(X_train, "X_train")
+    check_n_features(X, "X_train", _n_inputs(net.layers[0]))
+    y = _class_indices(net.classes, y_train, len(X))
+    last = len(net.layers) - 1
+    targets = list(range(last + 1)) if layers is None else sorted(layers)
+    if not targets or any(not 0 <= i <= last for i in targets):
+        raise ValueError(f"layers must be indices in 0..{last}, got {layers!r}")
+    if any(not isinstance(layer, Dense) for layer in net.layers[targets[0]:]):
+        raise ValueError("the layers to replace and every layer after them must be Dense")
+    counts = np.broadcast_to(np.asarray(ncodebooks), (len(targets),))
+    settings = {**FINETUNE, **(finetune_settings or {})}
+    rng = np.random.default_rng(random_state)
+    for i, C in zip(tqdm(targets, desc="replace layers", disable=not progress), counts):
+        layer = net.layers[i]
+        output = i == last
+        objective = "mse" if lut_objective == "kl" and not output else lut_objective
+        activation = None if objective == "ridge" else ("softmax" if output else "relu")
+        H = net.activations(X, i)
+        net.layers[i] = LutMatmul(int(C), partition=partition, lut_objective=objective,
+                                  activation=activation, random_state=random_state,
+                                  progress=False).fit(H, layer.W, bias=layer.b)
+        if finetune and not output:
+            params = [p for later in net.layers[i + 1:] for p in (later.W, later.b)]
+            H = relu(net.layers[i].predict(H))
+            train_layers(params, H, y, rng=rng, progress=progress, **settings)
+    return net
