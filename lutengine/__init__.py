@@ -5,7 +5,7 @@
 >>> Y = est.predict(A)                                     # doctest: +SKIP
 """
 
-from . import config, datasets
+from . import config, datasets, nn
 from ._validation import NotFittedError
 from ._warmup import warmup
 from ._persist import load
@@ -16,4 +16,4 @@ from .sparse import TopKLinear
 __version__ = "0.1.0"
 
 __all__ = ["LutMatmul", "PQMatmul", "MipsIndex", "TopKLinear", "load", "warmup",
-           "NotFittedError", "config", "datasets", "__version__"]
+           "NotFittedError", "config", "datasets", "nn", "__version__"]

@@ -48,12 +48,17 @@ def average_groups(ncodebooks):
     return starts, sizes, bias
 
 
+def out_shift(offset, out_bias):
+    """What the averaged scan adds after dequantising: offset + out_bias, float32."""
+    return np.float32(offset) + np.asarray(out_bias, dtype=np.float32)
+
+
 def scan_average(codes, luts_q, scale, offset, out_bias):
     starts, sizes, bias = average_groups(codes.shape[1])
     out = np.empty((codes.shape[0], luts_q.shape[2]), dtype=np.float32)
     kernel = scan.scan_average_parallel if _parallel(codes.shape[0]) else scan.scan_average_serial
-    kernel(codes, luts_q, starts, sizes, np.float32(scale), np.float32(offset), np.float32(bias),
-           out_bias, out, config.SCAN_BLOCK_ROWS, numba.get_num_threads())
+    kernel(codes, luts_q, starts, sizes, np.float32(scale), np.float32(bias),
+           out_shift(offset, out_bias), out, config.SCAN_BLOCK_ROWS, numba.get_num_threads())
     return out
 
 

@@ -38,7 +38,7 @@ def warmup():
     out = np.empty((40, 3), dtype=np.float32)
     out_bias = np.zeros(3, dtype=np.float32)
     for variant in (scan.scan_average_serial, scan.scan_average_parallel):
-        variant(codes, luts_q, starts, sizes, scale, np.float32(0), np.float32(bias), out_bias, out, 8, 2)
+        variant(codes, luts_q, starts, sizes, scale, np.float32(bias), out_bias, out, 8, 2)
         compiled += 1
     for variant in (scan.scan_float_serial, scan.scan_float_parallel):
         variant(codes, luts, out_bias, out, 8)

@@ -14,7 +14,8 @@ from .matmul import LutMatmul
 
 #: command-line options forwarded to an experiment's run() when given
 _EXPERIMENT_OPTIONS = ("dataset", "ncodebooks", "ks", "networks", "l1", "epochs", "methods", "hidden",
-                       "hidden_sizes", "seeds", "max_train", "random_state", "data_home")
+                       "hidden_sizes", "seeds", "n_rows", "d", "candidates", "max_train",
+                       "random_state", "data_home")
 
 #: the demo's network per default dataset: hidden units and MLPClassifier settings
 DEMO_MLP = {"mnist": (256, {"max_iter": 10}), "digits": (64, {"batch_size": 64, "max_iter": 100})}
@@ -137,6 +138,12 @@ def build_parser():
                      help="itlumm-mnist: hidden layer widths (default: 30 30 30)")
     rep.add_argument("--seeds", type=_positive_int,
                      help="itlumm-mnist: replacement seeds averaged at 1 codebook")
+    rep.add_argument("--n-rows", type=_positive_int, metavar="N",
+                     help="mips-speed: rows of the synthetic item sets")
+    rep.add_argument("--dim", dest="d", type=_positive_int, metavar="D",
+                     help="mips-speed: dimension of the items")
+    rep.add_argument("--candidates", type=_positive_int, nargs="+", metavar="BUDGET",
+                     help="mips-speed: H2-ALSH candidate budgets per ring")
     rep.add_argument("--max-train", type=_positive_int, metavar="ROWS")
     rep.add_argument("--random-state", type=int, metavar="SEED")
     rep.add_argument("--data-home", type=Path, metavar="PATH")

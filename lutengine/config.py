@@ -20,3 +20,13 @@ NORMSCAN_FIRST_BLOCK = 256
 NORMSCAN_MAX_BLOCK = 16384
 #: brute: at most this many scores held at once (queries are chunked to fit)
 MIPS_SCORE_BUDGET = 1 << 24
+#: CUDA (device="cuda", lutengine._cuda): threads per block of every kernel
+CUDA_THREADS_PER_BLOCK = 128
+#: CUDA: at most this many blocks per grid dimension (the kernels loop grid-stride)
+CUDA_MAX_BLOCKS = 1024
+#: CUDA scan: rows per row tile (one thread block stages their codes at once)
+CUDA_ROWS_PER_BLOCK = 64
+#: CUDA scan: shared-memory budget (bytes) for a block's table columns and codes
+CUDA_SCAN_SHARED_BYTES = 32768
+#: CUDA H2-ALSH: at most this many query threads (each holds scratch sized to a ring)
+CUDA_MAX_QUERY_THREADS = 4096

@@ -16,7 +16,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from . import _dispatch, _persist, partition, trees
+from . import _cuda, _dispatch, _persist, partition, trees
 from ._validation import (
     as_float_matrix, as_float_vector, check_choice, check_codes, check_is_fitted,
     check_n_features, check_ncodebooks, raise_if_nonfinite_read,
@@ -102,14 +102,21 @@ class _LutEstimator:
         check_n_features(A, "A", self.n_features_in_)
         return A
 
-    def transform(self, A):
-        """Codes of the rows of A: uint8 (n, ncodebooks), one 4-bit code per codebook."""
+    def transform(self, A, device="cpu"):
+        """Codes of the rows of A: uint8 (n, ncodebooks), one 4-bit code per codebook.
+        ``device``: "cpu", "cuda" or "auto" (:mod:`lutengine._cuda`; LutMatmul only)."""
+        if _cuda.resolve(device, A) == "cuda":
+            return _cuda.transform(self, A)
         codes, nonfinite = self._encode(self._validated(A))
         raise_if_nonfinite_read(nonfinite, "A")
         return codes
 
-    def predict(self, A):
-        """≈ ``A @ B + bias`` as float32 (n, M). A may be C- or F-ordered."""
+    def predict(self, A, device="cpu"):
+        """≈ ``A @ B + bias`` as float32 (n, M). A may be C- or F-ordered. ``device``:
+        "cpu", "cuda" (a GPU, quantised LutMatmul; NumPy or device-array A, the result
+        where A was) or "auto" (cuda for a device array or when a GPU is present)."""
+        if _cuda.resolve(device, A) == "cuda":
+            return _cuda.predict(self, A)
         return self._scan(self.transform(A))
 
     def predict_codes(self, codes):

@@ -16,7 +16,7 @@
 import numba
 import numpy as np
 
-from . import _persist, config, h2alsh
+from . import _cuda, _persist, config, h2alsh
 from ._validation import (
     as_float_matrix, as_float_vector, as_queries, check_choice, check_k,
 )
@@ -139,16 +139,16 @@ class MipsIndex:
     def n_items(self):
         return self.rows_.shape[0]
 
-    def search(self, Q, k, largest=True):
+    def search(self, Q, k, largest=True, device="cpu"):
         """The k best rows for each query: ``(ids (nq, k) int64, scores (nq, k) float32)``,
         best first. ``largest=False`` gives the k smallest ⟨w_i, x⟩ (+ b_i) instead
-        (scores are then negated: the search runs on −x)."""
+        (scores are then negated: the search runs on −x). ``device``: "cpu", "cuda"
+        (method "h2alsh" only; NumPy or device-array Q, the results where Q was) or "auto"
+        (cuda for a device array or when a GPU is present; see :mod:`lutengine._cuda`)."""
+        if _cuda.resolve(device, Q) == "cuda":
+            return _cuda.search(self, Q, k, largest)
         k = check_k(k, self.n_items)
-        Q = as_queries(Q, "Q", self.n_features_)
-        if self.rows_.shape[1] > self.n_features_:  # bias column: the query gets a 1
-            Q = np.hstack([Q, np.ones((Q.shape[0], 1), np.float32)])
-        if not largest:
-            Q = -Q
+        Q = self._host_queries(Q, largest)
         if self.method_ == "brute":
             positions, scores = brute_search(self.rows_, Q, k)
         elif self.method_ == "normscan":
@@ -158,6 +158,13 @@ class MipsIndex:
             positions, scores = h2alsh.search(state, self.rows_, self.norms_, Q, k,
                                               numba.get_num_threads())
         return self.order_[positions], scores
+
+    def _host_queries(self, Q, largest):
+        """Q validated, with the bias column's 1 and negated for ``largest=False``."""
+        Q = as_queries(Q, "Q", self.n_features_)
+        if self.rows_.shape[1] > self.n_features_:  # bias column: the query gets a 1
+            Q = np.hstack([Q, np.ones((Q.shape[0], 1), np.float32)])
+        return Q if largest else -Q
 
     def save(self, path):
         """Write the index to ``path`` (.npz, readable with allow_pickle=False)."""

@@ -9,6 +9,7 @@ output is set to its bias ``b_i``. The rows are found by a :class:`~lutengine.Mi
 import numba
 import numpy as np
 
+from . import _cuda
 from ._validation import as_float_matrix, as_float_vector, as_queries, check_k
 from .mips import MipsIndex
 from kernels import topk
@@ -58,9 +59,13 @@ class TopKLinear:
         np.put_along_axis(mask, ids, True, axis=1)
         return mask
 
-    def __call__(self, X, return_active=False):
+    def __call__(self, X, return_active=False, device="cpu"):
         """Approximate outputs (n, N) float32 for the inputs X (n, d) or (d,); with
-        ``return_active`` also the mask of :meth:`active`, from the same search."""
+        ``return_active`` also the mask of :meth:`active`, from the same search.
+        ``device``: "cpu", "cuda" (method "h2alsh"; NumPy or device-array X, the results
+        where X was) or "auto" (see :mod:`lutengine._cuda`)."""
+        if _cuda.resolve(device, X) == "cuda":
+            return _cuda.topk_linear(self, X, return_active)
         X = as_queries(X, "X", self.W.shape[1])
         ids = self._select(X)
         values = np.empty(ids.shape, dtype=np.float32)

@@ -14,7 +14,9 @@ from kernels._flags import FASTMATH
 import reference
 
 KERNEL_MODULES = [importlib.import_module(f"kernels.{m.name}")
-                  for m in pkgutil.iter_modules(kernels.__path__) if not m.name.startswith("_")]
+                  for m in pkgutil.iter_modules(kernels.__path__)
+                  if not m.name.startswith("_") and not m.ispkg]  # kernels.cuda: see below
+CUDA_KERNEL_FILES = sorted((Path(kernels.__file__).parent / "cuda").glob("[!_]*.py"))
 
 
 def _public_kernels():
@@ -72,3 +74,26 @@ def test_prange_bodies_never_raise_and_allocate_only_once_per_worker():
                     for inner in ast.walk(stmt):
                         if isinstance(inner, (ast.For, ast.While)):
                             assert not _allocations(inner), f"allocation in a loop in {module.__name__}"
+
+
+def _cuda_launched_kernels(tree):
+    """Functions decorated with a bare ``@cuda.jit`` (kernels, not device functions)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and any(
+                isinstance(d, ast.Attribute) and d.attr == "jit" for d in node.decorator_list):
+            yield node
+
+
+@pytest.mark.parametrize("path", CUDA_KERNEL_FILES, ids=lambda p: p.name)
+def test_cuda_kernels_loop_grid_stride(path):
+    """Every CUDA kernel strides by the grid (``cuda.gridsize`` or ``cuda.gridDim``) so any
+    launch configuration is correct; block sizes arrive from lutengine.config."""
+    tree = ast.parse(path.read_text())
+    kernels_found = list(_cuda_launched_kernels(tree))
+    assert kernels_found, path
+    for kernel in kernels_found:
+        steps = [ast.unparse(loop.iter.args[2]) for loop in ast.walk(kernel)
+                 if isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call)
+                 and getattr(loop.iter.func, "id", "") == "range" and len(loop.iter.args) == 3]
+        assert any("gridsize" in step or "gridDim" in step for step in steps), kernel.name
+        assert "lutengine" not in ast.unparse(kernel)

@@ -60,3 +60,31 @@ def test_oracle_matches_a_direct_reference():
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="unknown"):
         mips_mnist.run("digits", methods=("lsh",), progress=False)
+
+
+def test_mips_speed_curve_on_a_small_set(tmp_path):
+    from lutengine.experiments import mips_speed
+
+    result = mips_speed.run(n_rows=3000, d=16, candidates=(10, 3000), n_queries=4, repeats=1,
+                            progress=False)
+    rows = result["rows"]
+    assert [(r["norms"], r["method"], r["candidates"]) for r in rows] == [
+        (norms, method, c) for norms in ("gaussian", "lognormal")
+        for method, c in (("normscan", None), ("h2alsh", 10), ("h2alsh", 3000))]
+    for r in rows:
+        assert r["speedup_vs_brute"] == pytest.approx(r["brute_ms_per_query"] / r["ms_per_query"])
+        assert 0 <= r["recall_at_k"] <= 1
+    # normscan is exact; so is H2-ALSH here: 3000 rows in 16 dimensions make rings of at
+    # most ~120 rows, all under the scan threshold, so every visited ring is scanned exactly
+    assert all(r["recall_at_k"] == 1.0 for r in rows)
+    paths = _common.write_results(result, tmp_path, mips_speed.NAME, plots=mips_speed.PLOTS)
+    assert tmp_path / "mips_speed_3000x16_curve.png" in paths
+
+
+def test_recall_at_k_counts_rows_reaching_the_kth_score():
+    from lutengine.experiments.mips_speed import recall_at_k
+
+    W = np.diag([5.0, 4.0, 3.0, 2.0]).astype(np.float32)
+    Q = np.ones((1, 4), np.float32)
+    assert recall_at_k(np.array([[0, 1]]), W, Q, 2) == 1.0
+    assert recall_at_k(np.array([[0, 3]]), W, Q, 2) == 0.5

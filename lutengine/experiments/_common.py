@@ -146,7 +146,10 @@ _LABELS = {"ncodebooks": "codebooks C", "relative_accuracy": "accuracy / exact a
            "speedup_vs_blas": "speed-up over BLAS (1 thread)"}
 
 #: fields naming the line a row belongs to in a plot, in label order
-_SERIES_FIELDS = ("network", "layer", "method", "finetune")
+_SERIES_FIELDS = ("network", "norms", "layer", "method", "finetune")
+
+#: fields written beside each point of a plot whose x axis is another field
+_POINT_LABELS = {"ncodebooks": "C", "candidates": "candidates"}
 
 
 def _cell(value):
@@ -179,8 +182,8 @@ def to_markdown(result, title):
 
 
 def _series(row):
-    """The line a row belongs to: its method, with its network, layer and fine-tuning
-    when it has them."""
+    """The line a row belongs to: its method, with its network, norms, layer and
+    fine-tuning when it has them."""
     parts = []
     for field in _SERIES_FIELDS:
         if field in row:
@@ -203,10 +206,11 @@ def _plot(rows, x, y, log_base, path, title):
         line = sorted((r for r in rows if _series(r) == label),
                       key=lambda r: r.get("ncodebooks", r[x]))
         ax.plot([r[x] for r in line], [r[y] for r in line], marker="o", label=label or y)
-        if x != "ncodebooks" and "ncodebooks" in line[0]:
-            for r in line:
-                ax.annotate(f"C={r['ncodebooks']}", (r[x], r[y]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7)
+        for field, name in _POINT_LABELS.items():
+            if x != field and line[0].get(field) is not None:
+                for r in line:
+                    ax.annotate(f"{name}={r[field]}", (r[x], r[y]), textcoords="offset points",
+                                xytext=(4, 4), fontsize=7)
     if y == "relative_accuracy":
         ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="exact")
     if x == "speedup_vs_blas" or y == "speedup_vs_blas":
