@@ -1,18 +1,70 @@
-"""Choosing the kernel variant (serial or parallel) and the block sizes, and allocating
-outputs. Results do not depend on the choice (tests/test_kernels.py checks 1 vs 2 threads)."""
+"""Choosing the kernel variant (serial or parallel, SIMD or plain) and the block sizes, and
+allocating outputs. Results do not depend on the choice (tests/test_kernels.py checks 1 vs 2
+threads, tests/test_simd.py SIMD vs plain)."""
 
 import functools
 
 import numba
 import numpy as np
 
-from kernels import encode, lut, onehot, scan
+from kernels import encode, lut, onehot, packed, scan, simd
 
 from . import config
 
 
 def _parallel(nrows):
     return numba.get_num_threads() > 1 and nrows >= config.PARALLEL_MIN_ROWS
+
+
+SIMD_MODES = ("auto", "on", "off")
+
+
+def use_simd():
+    """Whether the AVX2 packed MADDNESS path runs (``config.SIMD``: "auto" = where the CPU
+    has AVX2, "on" = required, "off" = never). CPU features are detected once."""
+    mode = config.SIMD
+    if mode not in SIMD_MODES:
+        raise ValueError(f"config.SIMD (or LUTENGINE_SIMD) must be one of {SIMD_MODES}, "
+                         f"got {mode!r}")
+    if mode == "off":
+        return False
+    if simd.has_avx2():
+        return True
+    if mode == "on":
+        raise RuntimeError("config.SIMD (or LUTENGINE_SIMD) is 'on', but the CPU Numba compiles "
+                           "for has no AVX2; use 'auto' or 'off' for the plain kernels")
+    return False
+
+
+def _whole_packed_blocks(rows):
+    """A row count rounded down to whole 32-row packed blocks (at least one)."""
+    return max(packed.BLOCK, rows // packed.BLOCK * packed.BLOCK)
+
+
+def encode_tree_packed(X, split_dims, thresholds):
+    """Codes in the packed layout of :mod:`kernels.packed`, and whether a NaN/Inf was read."""
+    C = split_dims.shape[0]
+    codes = np.empty(((X.shape[0] + packed.BLOCK - 1) // packed.BLOCK, (C + 1) // 2,
+                      packed.BLOCK), dtype=np.uint8)
+    columns_contiguous = X.flags.f_contiguous and not X.flags.c_contiguous
+    block = config.ENCODE_BLOCK_ROWS_F if columns_contiguous else config.ENCODE_BLOCK_ROWS_C
+    kernel = packed.encode_tree_packed_parallel if _parallel(X.shape[0]) \
+        else packed.encode_tree_packed_serial
+    nonfinite = kernel(X, split_dims, thresholds, codes, _whole_packed_blocks(block),
+                       columns_contiguous, numba.get_num_threads())
+    return codes, nonfinite
+
+
+def scan_average_packed(codes, nrows, luts_q, scale, offset, out_bias):
+    """:func:`scan_average` on packed codes of ``nrows`` rows (same bits)."""
+    starts, sizes, bias = average_groups(luts_q.shape[0])
+    out = np.empty((nrows, luts_q.shape[2]), dtype=np.float32)
+    kernel = packed.scan_average_packed_parallel if _parallel(nrows) \
+        else packed.scan_average_packed_serial
+    kernel(codes, luts_q, starts, sizes, np.float32(scale), np.float32(bias),
+           out_shift(offset, out_bias), out, _whole_packed_blocks(config.SCAN_BLOCK_ROWS),
+           numba.get_num_threads())
+    return out
 
 
 def encode_tree(X, split_dims, thresholds):

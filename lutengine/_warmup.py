@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from kernels import encode, lut, onehot, scan, split, topk
+from kernels import encode, lut, onehot, packed, scan, simd, split, topk
 
 from . import _dispatch, h2alsh
 
@@ -40,6 +40,17 @@ def warmup():
     for variant in (scan.scan_average_serial, scan.scan_average_parallel):
         variant(codes, luts_q, starts, sizes, scale, np.float32(bias), out_bias, out, 8, 2)
         compiled += 1
+    if simd.has_avx2():  # the packed SIMD path (AVX2 code cannot even compile without it)
+        codes_packed = np.empty((2, 1, packed.BLOCK), dtype=np.uint8)
+        for encoder, scanner in ((packed.encode_tree_packed_serial,
+                                  packed.scan_average_packed_serial),
+                                 (packed.encode_tree_packed_parallel,
+                                  packed.scan_average_packed_parallel)):
+            encoder(X, dims, thresholds, codes_packed, 32, False, 2)
+            encoder(XF, dims, thresholds, codes_packed, 32, True, 2)
+            scanner(codes_packed, luts_q, starts, sizes, scale, np.float32(bias), out_bias, out,
+                    32, 2)
+            compiled += 2
     for variant in (scan.scan_float_serial, scan.scan_float_parallel):
         variant(codes, luts, out_bias, out, 8)
         compiled += 1

@@ -4,6 +4,12 @@ Values were chosen by measurement on a 2-core AVX2 machine (see docs/results/spe
 Tests may monkeypatch them.
 """
 
+import os
+
+#: the AVX2 packed MADDNESS path (kernels/packed.py): "auto" (where the CPU has AVX2), "on"
+#: (an error without AVX2) or "off" (the plain kernels); the environment variable
+#: LUTENGINE_SIMD sets it at import
+SIMD = os.environ.get("LUTENGINE_SIMD", "auto")
 #: rows per block when encoding C-ordered input (the block's rows stay in cache while
 #: every tree reads its 4 columns)
 ENCODE_BLOCK_ROWS_C = 32

@@ -117,6 +117,12 @@ class _LutEstimator:
         where A was) or "auto" (cuda for a device array or when a GPU is present)."""
         if _cuda.resolve(device, A) == "cuda":
             return _cuda.predict(self, A)
+        if self.quantize and self._encode_packed is not None and _dispatch.use_simd():
+            A = self._validated(A)
+            codes, nonfinite = self._encode_packed(A)
+            raise_if_nonfinite_read(nonfinite, "A")
+            return _dispatch.scan_average_packed(codes, A.shape[0], self.luts_q_,
+                                                 self.lut_scale_, self._lut_offset(), self.bias_)
         return self._scan(self.transform(A))
 
     def predict_codes(self, codes):
@@ -129,6 +135,9 @@ class _LutEstimator:
             return _dispatch.scan_average(codes, self.luts_q_, self.lut_scale_, self._lut_offset(),
                                           self.bias_)
         return _dispatch.scan_float(codes, self.luts_, self.bias_)
+
+    #: packed-layout encoder for the SIMD scan (_dispatch.use_simd), where the method has one
+    _encode_packed = None
 
     def _lut_offset(self):
         """Σ_c min_c: what the offset-shifted tables leave out of every output."""
@@ -224,6 +233,9 @@ class LutMatmul(_LutEstimator):
 
     def _encode(self, A):
         return _dispatch.encode_tree(A, self.split_dims_, self.thresholds_)
+
+    def _encode_packed(self, A):
+        return _dispatch.encode_tree_packed(A, self.split_dims_, self.thresholds_)
 
 
 @_persist.savable

@@ -124,6 +124,99 @@ def ref_scan_average(codes, luts_q, scale, offset, out_bias):
     return (acc - bias) / np.float64(scale) + np.float64(offset) + np.asarray(out_bias, np.float64)
 
 
+def ref_pack_codes(codes):
+    """Codes (N, C) in the packed layout of kernels/packed.py (maddness.md §5): uint8
+    ``[ceil(N/32), ceil(C/2), 32]``, codebook 2j in the low nibble, 2j+1 in the high one,
+    padding rows and the missing high nibble of odd C zero."""
+    N, C = codes.shape
+    padded = np.zeros((-(-N // 32) * 32, -(-C // 2) * 2), dtype=np.uint8)
+    padded[:N, :C] = codes
+    blocks = padded.reshape(-1, 32, padded.shape[1] // 2, 2).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(blocks[..., 0] | (blocks[..., 1] << 4), dtype=np.uint8)
+
+
+def ref_unpack_codes(packed, nrows, ncodebooks):
+    """Inverse of :func:`ref_pack_codes`."""
+    pairs = np.stack([packed & 15, packed >> 4], axis=-1)  # (blocks, C/2, 32, 2)
+    return pairs.transpose(0, 2, 1, 3).reshape(packed.shape[0] * 32, -1)[:nrows, :ncodebooks]
+
+
+def ref_encode_tree_packed(X, split_dims, thresholds):
+    return ref_pack_codes(ref_encode_tree(X, split_dims, thresholds))
+
+
+def ref_scan_average_packed(packed, nrows, luts_q, scale, offset, out_bias):
+    return ref_scan_average(ref_unpack_codes(packed, nrows, luts_q.shape[0]), luts_q, scale,
+                            offset, out_bias)
+
+
+# -- the SIMD primitives of kernels/simd.py, on NumPy arrays (u8x32: 32 uint8; u16x16: 16
+# uint16); arrays are read flat from ``start``
+
+def ref_load_u8x32(arr, start):
+    return arr.reshape(-1)[start:start + 32].copy()
+
+
+def ref_load_table16(arr, start):
+    return np.tile(arr.reshape(-1)[start:start + 16], 2)
+
+
+def ref_store_u8x32(arr, start, v):
+    arr.reshape(-1)[start:start + 32] = v
+
+
+def ref_store_u16x16(arr, start, v):
+    arr.reshape(-1)[start:start + 16] = v
+
+
+def ref_zeros_u8x32():
+    return np.zeros(32, np.uint8)
+
+
+def ref_zeros_u16x16():
+    return np.zeros(16, np.uint16)
+
+
+def ref_lookup_u8x32(table, idx):
+    """``vpshufb`` (Intel SDM): per 128-bit lane, ``idx & 0x80 ? 0 : lane_table[idx & 15]``."""
+    lane = np.arange(32) // 16
+    return np.where(idx >= 128, 0, table[16 * lane + (idx & 15)]).astype(np.uint8)
+
+
+def ref_low_nibbles(v):
+    return v & 15
+
+
+def ref_high_nibbles(v):
+    return v >> 4
+
+
+def ref_average_u8x32(a, b):
+    return ((a.astype(np.int64) + b + 1) >> 1).astype(np.uint8)
+
+
+def ref_add_u8x32(a, b):
+    return ((a.astype(np.int64) + b) % 256).astype(np.uint8)
+
+
+def ref_widen_low(v):
+    return v[:16].astype(np.uint16)
+
+
+def ref_widen_high(v):
+    return v[16:].astype(np.uint16)
+
+
+def ref_add_scaled_u16x16(acc, v, weight):
+    return ((acc.astype(np.int64) + v.astype(np.int64) * weight) % 65536).astype(np.uint16)
+
+
+def ref_transpose_u16x16(src, src_start, src_stride, dst, dst_start, dst_stride):
+    rows = src_start + src_stride * np.arange(16)[:, None] + np.arange(16)[None, :]
+    cols = dst_start + dst_stride * np.arange(16)[None, :] + np.arange(16)[:, None]
+    dst.reshape(-1)[cols] = src.reshape(-1)[rows]
+
+
 def ref_scan_float(codes, luts, out_bias):
     """Exact sum ``Σ_c luts[c, codes[n, c], :] + out_bias`` in float64."""
     return _gather(codes, luts).astype(np.float64).sum(axis=1) + np.asarray(out_bias, np.float64)

@@ -143,7 +143,9 @@ PLOTS = {"accuracy": ("ncodebooks", "relative_accuracy", 2),
          "speed": ("speedup_vs_blas", "relative_accuracy", 10)}
 
 _LABELS = {"ncodebooks": "codebooks C", "relative_accuracy": "accuracy / exact accuracy",
-           "speedup_vs_blas": "speed-up over BLAS (1 thread)"}
+           "speedup_vs_blas": "speed-up over BLAS (1 thread)",
+           "speedup_vs_brute": "speed-up over brute force (BLAS + argpartition, 1 thread)",
+           "recall_at_k": "recall@k"}
 
 #: fields naming the line a row belongs to in a plot, in label order
 _SERIES_FIELDS = ("network", "norms", "layer", "method", "finetune")
@@ -202,10 +204,12 @@ def _plot(rows, x, y, log_base, path, title):
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     series = dict.fromkeys(_series(row) for row in rows)
-    for label in series:
-        line = sorted((r for r in rows if _series(r) == label),
-                      key=lambda r: r.get("ncodebooks", r[x]))
-        ax.plot([r[x] for r in line], [r[y] for r in line], marker="o", label=label or y)
+    markers = "osD^vP*X"
+    for i, label in enumerate(series):
+        line = sorted((r for r in rows if _series(r) == label), key=lambda r: next(
+            (r[f] for f in _POINT_LABELS if r.get(f) is not None), r[x]))
+        ax.plot([r[x] for r in line], [r[y] for r in line], marker=markers[i % len(markers)],
+                label=label or y, alpha=0.85)
         for field, name in _POINT_LABELS.items():
             if x != field and line[0].get(field) is not None:
                 for r in line:

@@ -14,8 +14,10 @@ for each method and number of codebooks C:
   layer's real shape and 10 000 test rows.
 
 Methods: ``maddness`` (contiguous subspaces, ridge tables) and ITLUMM's
-``itlumm-{r2,opq}-{kl,mse}`` (permuted subspaces; tables fitted through each layer's
-nonlinearity, with the KL divergence of the softmax at the output for ``kl``).
+``itlumm-{partition}-{objective}``: subspaces permuted by R² clustering or OPQ (or kept
+contiguous, ITLUMM's "pq" partition), tables fitted through each layer's nonlinearity
+(squared error through the ReLU; at the output the KL divergence of the softmax for
+``kl``, the squared error for ``mse``).
 """
 
 import time
@@ -31,7 +33,8 @@ NAME = "itlumm_mnist"
 
 #: method -> (partition, lut_objective) of :func:`lutengine.nn.replace_layers`
 METHODS = {"maddness": ("contiguous", "ridge"), "itlumm-r2-kl": ("r2", "kl"),
-           "itlumm-opq-kl": ("opq", "kl"), "itlumm-r2-mse": ("r2", "mse")}
+           "itlumm-opq-kl": ("opq", "kl"), "itlumm-r2-mse": ("r2", "mse"),
+           "itlumm-contiguous-kl": ("contiguous", "kl")}
 
 #: the paper's hidden layers
 HIDDEN = (30, 30, 30)

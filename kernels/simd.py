@@ -1,0 +1,413 @@
+"""AVX2 table-shuffle primitives for Numba kernels, and their plain-Numba twins.
+
+The fast-scan instruction of MADDNESS (Blalock & Guttag 2021, §4.2; maddness.md §4–§5) and
+of 4-bit PQ fast scan is ``vpshufb``: 32 lookups into a 16-byte table per 128-bit lane.
+Numba cannot emit it from Python, so the primitives below are ``numba.extending.intrinsic``
+functions that emit LLVM IR (``llvm.x86.avx2.pshuf.b``, ``llvm.x86.avx2.pavg.b``) and are
+called from ``@njit`` code only. See ``../shared/research/simd.md``.
+
+Vector values live in registers, as two Numba types:
+
+- ``u8x32``: 32 unsigned bytes (one ymm register), element i = byte i;
+- ``u16x16``: 16 unsigned 16-bit integers.
+
+Element order is always memory order (no lane interleaving), so results are the same as
+the plain loops. Arithmetic wraps modulo 2**8 / 2**16 unless said otherwise.
+
+API (``arr`` is a C-contiguous NumPy array of the stated dtype, any number of dimensions,
+and ``start`` an element offset into its flattened data; nothing is bounds-checked):
+
+``load_u8x32(arr, start) -> u8x32``          uint8 ``arr.flat[start:start+32]``
+``store_u8x32(arr, start, v)``               writes v to uint8 ``arr.flat[start:start+32]``
+``load_table16(arr, start) -> u8x32``        the 16-entry table ``arr.flat[start:start+16]``
+                                             duplicated into both halves (both lanes)
+``zeros_u8x32() -> u8x32``, ``zeros_u16x16() -> u16x16``
+``lookup_u8x32(table, idx) -> u8x32``        ``vpshufb``: element i is
+                                             ``table[16 * (i // 16) + idx[i] % 16]``, or 0 if
+                                             ``idx[i] >= 128``; with a ``load_table16`` table
+                                             and indices < 16 that is ``table16[idx[i]]``
+``low_nibbles(v) -> u8x32``                  ``v & 15``
+``high_nibbles(v) -> u8x32``                 ``v >> 4``
+``average_u8x32(a, b) -> u8x32``             ``vpavgb``: ``(a + b + 1) >> 1``, exact (no wrap)
+``add_u8x32(a, b) -> u8x32``                 byte accumulation, wrapping
+``widen_low(v) -> u16x16``                   elements 0..15 of v zero-extended
+``widen_high(v) -> u16x16``                  elements 16..31 of v zero-extended
+``add_scaled_u16x16(acc, v, weight) -> u16x16``  ``acc + v * weight`` (weight: an integer)
+``store_u16x16(arr, start, v)``              writes v to uint16 ``arr.flat[start:start+16]``
+``transpose_u16x16(src, src_start, src_stride, dst, dst_start, dst_stride)``
+                                             16 × 16 uint16 tile transpose, memory to memory:
+                                             ``dst.flat[dst_start + j * dst_stride + i] =
+                                             src.flat[src_start + i * src_stride + j]``
+                                             (the two arrays must not overlap)
+
+Plain twins: each primitive ``name`` has ``name_plain`` with the same arguments and result,
+written as ordinary Numba loops over 1-D arrays (a ``u8x32`` is a uint8 array of 32, a
+``u16x16`` a uint16 array of 16; vector results are new arrays). They are the oracle of the
+intrinsics and need no AVX2, but they allocate: use them for tests, not in hot loops.
+
+CPU features: :func:`cpu_features` (the names LLVM reports for the compile target),
+:func:`has_avx2`, :func:`has_avx512bw`. A kernel using the intrinsics must only be called
+where :func:`has_avx2` is true: the dispatcher (``lutengine._dispatch``) decides, once.
+Numba's on-disk cache is keyed by the CPU's features, so cached AVX2 code is never loaded
+on a CPU without them. No 64-byte (AVX-512BW) variant is provided: this machine cannot test
+one.
+"""
+
+import functools
+
+import llvmlite.binding as llvm_binding
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.core import config as numba_config
+from numba.extending import intrinsic, models, register_model
+
+from ._flags import INLINE
+
+
+# -- CPU features ------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def cpu_features():
+    """The CPU features Numba compiles for (frozenset of LLVM names, e.g. ``"avx2"``):
+    the host's, or ``NUMBA_CPU_FEATURES`` when set. A ``NUMBA_CPU_NAME`` other than
+    ``host`` without explicit features counts as a baseline x86-64 (no AVX2)."""
+    if numba_config.CPU_FEATURES:
+        return frozenset(f[1:] for f in numba_config.CPU_FEATURES.split(",") if f.startswith("+"))
+    if numba_config.CPU_NAME not in (None, "host"):
+        return frozenset()
+    return frozenset(name for name, on in llvm_binding.get_host_cpu_features().items() if on)
+
+
+def has_avx2():
+    """Whether the AVX2 intrinsics of this module can run here."""
+    return "avx2" in cpu_features()
+
+
+def has_avx512bw():
+    """Whether AVX-512BW (64-byte ``vpshufb``) is there; nothing here uses it yet."""
+    return "avx512bw" in cpu_features()
+
+
+# -- vector types ------------------------------------------------------------------------
+
+class VectorType(types.Type):
+    """An LLVM vector of ``lanes`` unsigned ``bits``-bit integers, held in a register."""
+
+    def __init__(self, bits, lanes):
+        self.bits = bits
+        self.lanes = lanes
+        super().__init__(name=f"u{bits}x{lanes}")
+
+
+u8x32 = VectorType(8, 32)
+u16x16 = VectorType(16, 16)
+
+
+@register_model(VectorType)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(ir.IntType(fe_type.bits), fe_type.lanes))
+
+
+_I8 = ir.IntType(8)
+_I16 = ir.IntType(16)
+_I32 = ir.IntType(32)
+_V8 = ir.VectorType(_I8, 32)
+_V16 = ir.VectorType(_I16, 16)
+
+
+def _splat(vector_type, value):
+    return ir.Constant(vector_type, [ir.Constant(vector_type.element, value)] * vector_type.count)
+
+
+def _lanes(indices):
+    return ir.Constant(ir.VectorType(_I32, len(indices)), [ir.Constant(_I32, i) for i in indices])
+
+
+def _element_pointer(context, builder, array_type, array, start, vector_type):
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.bitcast(builder.gep(data, [start]), ir.PointerType(vector_type))
+
+
+def _is_array_of(arr, dtype):
+    return isinstance(arr, types.Array) and arr.dtype == dtype and arr.layout == "C"
+
+
+def _x86_call(builder, name, vector_type, args):
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vector_type, [vector_type] * len(args)), name)
+    return builder.call(fn, args)
+
+
+# -- intrinsics --------------------------------------------------------------------------
+
+@intrinsic
+def load_u8x32(typingctx, arr, start):
+    if not (_is_array_of(arr, types.uint8) and isinstance(start, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_pointer(context, builder, arr, args[0], args[1], _V8),
+                            align=1)
+    return u8x32(arr, types.intp), codegen
+
+
+@intrinsic
+def store_u8x32(typingctx, arr, start, v):
+    if not (_is_array_of(arr, types.uint8) and isinstance(start, types.Integer) and v == u8x32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _element_pointer(context, builder, arr, args[0], args[1], _V8),
+                      align=1)
+        return context.get_dummy_value()
+    return types.void(arr, types.intp, u8x32), codegen
+
+
+@intrinsic
+def load_table16(typingctx, arr, start):
+    if not (_is_array_of(arr, types.uint8) and isinstance(start, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        half = builder.load(_element_pointer(context, builder, arr, args[0], args[1],
+                                             ir.VectorType(_I8, 16)), align=1)
+        return builder.shuffle_vector(half, half, _lanes(list(range(16)) * 2))
+    return u8x32(arr, types.intp), codegen
+
+
+@intrinsic
+def zeros_u8x32(typingctx):
+    return u8x32(), lambda context, builder, sig, args: _splat(_V8, 0)
+
+
+@intrinsic
+def zeros_u16x16(typingctx):
+    return u16x16(), lambda context, builder, sig, args: _splat(_V16, 0)
+
+
+def _binary_u8(emit):
+    """An intrinsic (u8x32, u8x32) -> u8x32 whose IR ``emit(builder, a, b)`` builds."""
+    @functools.wraps(emit)
+    def typer(typingctx, a, b):
+        if a == u8x32 and b == u8x32:
+            return u8x32(u8x32, u8x32), lambda context, builder, sig, args: emit(builder, *args)
+        return None
+    return typer
+
+
+@intrinsic
+@_binary_u8
+def lookup_u8x32(builder, table, idx):
+    return _x86_call(builder, "llvm.x86.avx2.pshuf.b", _V8, [table, idx])
+
+
+@intrinsic
+@_binary_u8
+def average_u8x32(builder, a, b):
+    return _x86_call(builder, "llvm.x86.avx2.pavg.b", _V8, [a, b])
+
+
+@intrinsic
+@_binary_u8
+def add_u8x32(builder, a, b):
+    return builder.add(a, b)
+
+
+@intrinsic
+def low_nibbles(typingctx, v):
+    if v != u8x32:
+        return None
+    return u8x32(u8x32), lambda context, builder, sig, args: builder.and_(args[0], _splat(_V8, 15))
+
+
+@intrinsic
+def high_nibbles(typingctx, v):
+    if v != u8x32:
+        return None
+    return u8x32(u8x32), lambda context, builder, sig, args: builder.lshr(args[0], _splat(_V8, 4))
+
+
+def _widen(name, first):
+    def typer(typingctx, v):
+        if v != u8x32:
+            return None
+
+        def codegen(context, builder, sig, args):
+            half = builder.shuffle_vector(args[0], args[0], _lanes(range(first, first + 16)))
+            return builder.zext(half, _V16)
+        return u16x16(u8x32), codegen
+    typer.__name__ = typer.__qualname__ = name
+    return typer
+
+
+widen_low = intrinsic(_widen("widen_low", 0))
+widen_high = intrinsic(_widen("widen_high", 16))
+
+
+@intrinsic
+def add_scaled_u16x16(typingctx, acc, v, weight):
+    if not (acc == u16x16 and v == u16x16 and isinstance(weight, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        scalar = builder.trunc(args[2], _I16)
+        lane = builder.insert_element(ir.Constant(_V16, ir.Undefined), scalar,
+                                      ir.Constant(_I32, 0))
+        weights = builder.shuffle_vector(lane, lane, _lanes([0] * 16))
+        return builder.add(args[0], builder.mul(args[1], weights))
+    return u16x16(u16x16, u16x16, types.int64), codegen
+
+
+@intrinsic
+def store_u16x16(typingctx, arr, start, v):
+    if not (_is_array_of(arr, types.uint16) and isinstance(start, types.Integer)
+            and v == u16x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _element_pointer(context, builder, arr, args[0], args[1], _V16),
+                      align=1)
+        return context.get_dummy_value()
+    return types.void(arr, types.intp, u16x16), codegen
+
+
+def _unpack_lanes(builder, a, b, width, high):
+    """AVX2 ``vpunpck{l,h}`` on 16-bit elements taken ``width`` at a time: inside each
+    128-bit lane, the low (or high) half of a's and b's groups, alternating."""
+    groups = 8 // width // 2
+    mask = [source + 8 * lane + width * (group + groups * high) + k
+            for lane in (0, 1) for group in range(groups) for source in (0, 16)
+            for k in range(width)]
+    return builder.shuffle_vector(a, b, _lanes(mask))
+
+
+def _transpose_lanes(builder, rows):
+    """Eight u16x16 rows whose two 128-bit lanes are each transposed as an 8 × 8 tile."""
+    for width, pairs in ((1, ((0, 1), (2, 3), (4, 5), (6, 7))),
+                         (2, ((0, 2), (1, 3), (4, 6), (5, 7))),
+                         (4, ((0, 4), (1, 5), (2, 6), (3, 7)))):
+        rows = [_unpack_lanes(builder, rows[i], rows[j], width, high)
+                for i, j in pairs for high in (0, 1)]
+    return rows
+
+
+@intrinsic
+def transpose_u16x16(typingctx, src, src_start, src_stride, dst, dst_start, dst_stride):
+    if not (_is_array_of(src, types.uint16) and _is_array_of(dst, types.uint16) and all(
+            isinstance(x, types.Integer) for x in (src_start, src_stride, dst_start, dst_stride))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        src_data, dst_data = (context.make_array(t)(context, builder, a).data
+                              for t, a in ((src, args[0]), (dst, args[3])))
+
+        def row_pointer(data, start, stride, row):
+            offset = builder.add(start, builder.mul(stride, ir.Constant(start.type, row)))
+            return builder.bitcast(builder.gep(data, [offset]), ir.PointerType(_V16))
+
+        rows = [builder.load(row_pointer(src_data, args[1], args[2], r), align=1)
+                for r in range(16)]
+        # the four 8 x 8 quarter tiles transposed in place, then the off-diagonal ones swapped
+        top, bottom = _transpose_lanes(builder, rows[:8]), _transpose_lanes(builder, rows[8:])
+        rows = [builder.shuffle_vector(top[j], bottom[j], _lanes([*range(8 * lane, 8 * lane + 8),
+                                                                  *range(16 + 8 * lane,
+                                                                         24 + 8 * lane)]))
+                for lane in (0, 1) for j in range(8)]
+        for r, row in enumerate(rows):
+            builder.store(row, row_pointer(dst_data, args[4], args[5], r), align=1)
+        return context.get_dummy_value()
+    index = types.intp
+    return types.void(src, index, index, dst, index, index), codegen
+
+
+# -- plain twins (the oracle; no AVX2 needed) --------------------------------------------
+
+@njit(**INLINE)
+def load_u8x32_plain(arr, start):
+    return arr.reshape(arr.size)[start:start + 32].copy()
+
+
+@njit(**INLINE)
+def store_u8x32_plain(arr, start, v):
+    arr.reshape(arr.size)[start:start + 32] = v
+
+
+@njit(**INLINE)
+def load_table16_plain(arr, start):
+    out = np.empty(32, np.uint8)
+    flat = arr.reshape(arr.size)
+    out[:16] = flat[start:start + 16]
+    out[16:] = flat[start:start + 16]
+    return out
+
+
+@njit(**INLINE)
+def zeros_u8x32_plain():
+    return np.zeros(32, np.uint8)
+
+
+@njit(**INLINE)
+def zeros_u16x16_plain():
+    return np.zeros(16, np.uint16)
+
+
+@njit(**INLINE)
+def lookup_u8x32_plain(table, idx):
+    out = np.zeros(32, np.uint8)
+    for i in range(32):
+        if idx[i] < 128:
+            out[i] = table[16 * (i // 16) + idx[i] % 16]
+    return out
+
+
+@njit(**INLINE)
+def low_nibbles_plain(v):
+    return v & np.uint8(15)
+
+
+@njit(**INLINE)
+def high_nibbles_plain(v):
+    return v >> np.uint8(4)
+
+
+@njit(**INLINE)
+def average_u8x32_plain(a, b):
+    return ((a.astype(np.uint16) + b.astype(np.uint16) + np.uint16(1)) >> np.uint16(1)) \
+        .astype(np.uint8)
+
+
+@njit(**INLINE)
+def add_u8x32_plain(a, b):
+    return a + b
+
+
+@njit(**INLINE)
+def widen_low_plain(v):
+    return v[:16].astype(np.uint16)
+
+
+@njit(**INLINE)
+def widen_high_plain(v):
+    return v[16:].astype(np.uint16)
+
+
+@njit(**INLINE)
+def add_scaled_u16x16_plain(acc, v, weight):
+    return acc + v * np.uint16(weight)
+
+
+@njit(**INLINE)
+def store_u16x16_plain(arr, start, v):
+    arr.reshape(arr.size)[start:start + 16] = v
+
+
+@njit(**INLINE)
+def transpose_u16x16_plain(src, src_start, src_stride, dst, dst_start, dst_stride):
+    source = src.reshape(src.size)
+    dest = dst.reshape(dst.size)
+    for i in range(16):
+        for j in range(16):
+            dest[dst_start + j * dst_stride + i] = source[src_start + i * src_stride + j]
