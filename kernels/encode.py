@@ -50,15 +50,14 @@ def _tree_codes(v0, v1, v2, v3, first, nrows, t, out):
 
 
 @njit(**INLINE)
-def _encode_tree_rows(X, split_dims, thresholds, codes, start, stop, columns_contiguous,
-                      values, block_codes):
-    """Encode rows start..stop-1 of X into the same rows of codes; return 1 if a value
-    read was NaN/Inf, else 0.
+def _block_tree_codes(X, split_dims, thresholds, start, nrows, columns_contiguous, values,
+                     block_codes):
+    """Codes of rows start..start+nrows-1 of X into ``block_codes[c, i]``; returns a
+    non-zero float if a value read was NaN/Inf.
 
     F-ordered X: the trees read their split columns in place. C-ordered X: the block's
     split values are first gathered row by row into ``values[c, level, i]``.
     """
-    nrows = stop - start
     C = split_dims.shape[0]
     poison = np.float32(0.0)
     if columns_contiguous:
@@ -75,8 +74,19 @@ def _encode_tree_rows(X, split_dims, thresholds, codes, start, stop, columns_con
         for c in range(C):
             poison += _tree_codes(values[c, 0], values[c, 1], values[c, 2], values[c, 3], 0, nrows,
                                   thresholds[c], block_codes[c])
+    return poison
+
+
+@njit(**INLINE)
+def _encode_tree_rows(X, split_dims, thresholds, codes, start, stop, columns_contiguous,
+                      values, block_codes):
+    """Encode rows start..stop-1 of X into the same rows of codes; return 1 if a value
+    read was NaN/Inf, else 0."""
+    nrows = stop - start
+    poison = _block_tree_codes(X, split_dims, thresholds, start, nrows, columns_contiguous,
+                              values, block_codes)
     for i in range(nrows):
-        for c in range(C):
+        for c in range(split_dims.shape[0]):
             codes[start + i, c] = block_codes[c, i]
     return np.int64(poison != 0.0)
 

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._flags import INLINE, JIT, PJIT
-from .encode import _tree_codes
+from .encode import _block_tree_codes
 from .simd import (add_scaled_u16x16, average_u8x32, high_nibbles, load_table16, load_u8x32,
                    lookup_u8x32, low_nibbles, store_u16x16, transpose_u16x16, widen_high,
                    widen_low, zeros_u16x16)
@@ -37,21 +37,8 @@ def _encode_packed_rows(X, split_dims, thresholds, packed, start, stop, columns_
     if a value read was NaN/Inf, else 0. Codes of rows past stop up to the block end are 0."""
     nrows = stop - start
     C = split_dims.shape[0]
-    poison = np.float32(0.0)
-    if columns_contiguous:
-        for c in range(C):
-            poison += _tree_codes(X[:, split_dims[c, 0]], X[:, split_dims[c, 1]],
-                                  X[:, split_dims[c, 2]], X[:, split_dims[c, 3]], start, nrows,
-                                  thresholds[c], block_codes[c])
-    else:
-        for i in range(nrows):
-            row = X[start + i]
-            for c in range(C):
-                for level in range(4):
-                    values[c, level, i] = row[split_dims[c, level]]
-        for c in range(C):
-            poison += _tree_codes(values[c, 0], values[c, 1], values[c, 2], values[c, 3], 0,
-                                  nrows, thresholds[c], block_codes[c])
+    poison = _block_tree_codes(X, split_dims, thresholds, start, nrows, columns_contiguous,
+                              values, block_codes)
     padded_rows = (nrows + BLOCK - 1) // BLOCK * BLOCK
     block_codes[:, nrows:padded_rows] = 0
     if C % 2:
