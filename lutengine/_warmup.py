@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from kernels import encode, lut, onehot, packed, scan, simd, split, topk
+from kernels import encode, fastscan, lut, onehot, packed, scan, simd, split, topk
 
 from . import _dispatch, h2alsh
 
@@ -75,4 +75,33 @@ def warmup():
     for nworkers in (1, 2):  # serial and parallel query kernels
         h2alsh.search(state, rows, norms, X[:3], 2, nworkers)
         compiled += 1
+    compiled += _warmup_fastscan(rows, norms, X[:3])
     return compiled + 2  # + build_luts and best_split
+
+
+def _warmup_fastscan(rows, norms, Q):
+    """The fast-scan MIPS kernels (kernels/fastscan.py); the SIMD ones only with AVX2."""
+    N, d = rows.shape
+    bounds = np.array([0, 3, 6, 8], dtype=np.int64)  # odd count: a padding table
+    centroids = np.random.default_rng(1).standard_normal((3, 16, 3)).astype(np.float32)
+    codes_packed = np.zeros(((N + 31) // 32, 2, 32), dtype=np.uint8)
+    qtables = np.empty((Q.shape[0], 4, 16), dtype=np.uint8)
+    offsets = np.empty(Q.shape[0], dtype=np.float32)
+    scales = np.empty(Q.shape[0], dtype=np.float32)
+    scores = np.empty((Q.shape[0], codes_packed.shape[0] * 32), dtype=np.uint16)
+    pos = np.empty((Q.shape[0], 2), dtype=np.int64)
+    top = np.empty((Q.shape[0], 2), dtype=np.float32)
+    variants = [(fastscan.fastscan_scan_plain_serial, fastscan.fastscan_search_plain_serial),
+                (fastscan.fastscan_scan_plain_parallel, fastscan.fastscan_search_plain_parallel)]
+    if simd.has_avx2():
+        variants += [(fastscan.fastscan_scan_serial, fastscan.fastscan_search_serial),
+                     (fastscan.fastscan_scan_parallel, fastscan.fastscan_search_parallel)]
+    compiled = 0
+    for tables in (fastscan.fastscan_tables_serial, fastscan.fastscan_tables_parallel):
+        tables(Q, centroids, bounds, qtables, offsets, scales, 2)
+        compiled += 1
+    for scanner, searcher in variants:
+        scanner(codes_packed, qtables, N, scores)
+        searcher(codes_packed, N, qtables, offsets, scales, norms, rows, Q, 2, 5, pos, top, 2)
+        compiled += 2
+    return compiled

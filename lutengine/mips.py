@@ -9,6 +9,8 @@
   (Cauchy–Schwarz). Pays when row norms are spread (h2alsh.md §5.2).
 - ``"h2alsh"``: approximate. Norm rings with QALSH per ring (Huang et al. 2018;
   ``lutengine.h2alsh``).
+- ``"fastscan"``: approximate. 4-bit product quantisation scanned with AVX2 table
+  shuffles, the best ``rerank`` candidates re-scored exactly (``lutengine.fastscan``).
 - ``"auto"``: ``normscan`` when a probe predicts it stops early, else ``brute`` (see
   :func:`_normscan_pays`).
 """
@@ -16,13 +18,13 @@
 import numba
 import numpy as np
 
-from . import _cuda, _persist, config, h2alsh
+from . import _cuda, _persist, config, fastscan, h2alsh
 from ._validation import (
     as_float_matrix, as_float_vector, as_queries, check_choice, check_k,
 )
 from kernels import topk
 
-METHODS = ("auto", "brute", "normscan", "h2alsh")
+METHODS = ("auto", "brute", "normscan", "h2alsh", "fastscan")
 
 
 def _merge(scores, offset, rows, top_scores, top_ids):
@@ -93,14 +95,18 @@ class MipsIndex:
     ----------
     W : array (N, d)
         The items, one per row (e.g. a layer's weight rows).
-    method : {"auto", "brute", "normscan", "h2alsh"}
+    method : {"auto", "brute", "normscan", "h2alsh", "fastscan"}
     bias : array (N,), optional
         Rank by ⟨w_i, x⟩ + b_i: rows are augmented with b_i, queries with 1.
     random_state : int, optional
-        Seeds the probe of ``"auto"`` and the projections of ``"h2alsh"``.
+        Seeds the probe of ``"auto"``, the projections of ``"h2alsh"`` and the k-means of
+        ``"fastscan"``.
     **options
         Parameters of ``"h2alsh"`` (c0, c, b, max_ring, scan_threshold, candidates,
-        scan_size; see :func:`lutengine.h2alsh.build`); reference defaults otherwise.
+        scan_size; see :func:`lutengine.h2alsh.build`; reference defaults otherwise) or of
+        ``"fastscan"`` (ncodebooks, default 3d/8; rerank, default 1000, at search time
+        at least k and at most N; train_rows; see :func:`lutengine.fastscan.build`), where
+        d counts the bias column.
 
     Attributes
     ----------
@@ -109,7 +115,8 @@ class MipsIndex:
     """
 
     _state_attrs = ("method_", "order_", "rows_", "norms_", "n_features_") + tuple(
-        "h2alsh_" + key for key in h2alsh.STATE_KEYS)
+        "h2alsh_" + key for key in h2alsh.STATE_KEYS) + tuple(
+        "fastscan_" + key for key in fastscan.STATE_KEYS)
 
     def __init__(self, W, method="auto", bias=None, random_state=None, **options):
         check_choice(method, "method", set(METHODS))
@@ -131,6 +138,10 @@ class MipsIndex:
                  else dict.fromkeys(h2alsh.STATE_KEYS, np.zeros(0)))
         for key, value in state.items():
             setattr(self, "h2alsh_" + key, value)
+        state = (fastscan.build(self.rows_, self.norms_, rng=random_state, **options)
+                 if method == "fastscan" else dict.fromkeys(fastscan.STATE_KEYS, np.zeros(0)))
+        for key, value in state.items():
+            setattr(self, "fastscan_" + key, value)
 
     def get_params(self):
         return {"method": self.method, "random_state": self.random_state, "options": self.options}
@@ -153,6 +164,10 @@ class MipsIndex:
             positions, scores = brute_search(self.rows_, Q, k)
         elif self.method_ == "normscan":
             positions, scores = normscan_search(self.rows_, self.norms_, Q, k)
+        elif self.method_ == "fastscan":
+            state = {key: getattr(self, "fastscan_" + key) for key in fastscan.STATE_KEYS}
+            positions, scores = fastscan.search(state, self.rows_, self.norms_, Q, k,
+                                                numba.get_num_threads())
         else:
             state = {key: getattr(self, "h2alsh_" + key) for key in h2alsh.STATE_KEYS}
             positions, scores = h2alsh.search(state, self.rows_, self.norms_, Q, k,

@@ -23,7 +23,7 @@ class TopKLinear:
     W : array (N, d)
     b : array (N,)
     k : int, 1 ≤ k ≤ N
-    method : {"auto", "brute", "normscan", "h2alsh"}
+    method : {"auto", "brute", "normscan", "h2alsh", "fastscan"}
         How the rows are found (see :class:`~lutengine.MipsIndex`).
     bottom : bool
         Also compute the k rows with the smallest ⟨w_i, x⟩ + b_i.

@@ -303,3 +303,77 @@ def ref_h2alsh_search(W_sorted, Q, k):
     S = np.asarray(Q, np.float64) @ np.asarray(W_sorted, np.float64).T
     order = np.lexsort((np.broadcast_to(np.arange(S.shape[1]), S.shape), -S), axis=1)[:, :k]
     return order, np.take_along_axis(S, order, 1).astype(np.float32)
+
+
+# -- 4-bit PQ fast scan for MIPS (kernels/fastscan.py)
+
+def ref_fastscan_tables(Q, centroids, bounds):
+    """Per query: float tables ``T[c, j] = <x[lo_c:hi_c], centroids[c, j, :w_c]>``,
+    ``q = floor((T - min_c) · scale + 0.5)`` with ``scale = min(255 / max_c range_c,
+    (65535 - C) / Σ_c range_c)`` (1 when every table is constant), padded with a zero
+    table to an even count. Returns (uint8 (nq, Cpad, 16), offsets Σ_c min_c (nq,),
+    scales (nq,)), float64 arithmetic."""
+    Q = np.asarray(Q, np.float64)
+    C = bounds.shape[0] - 1
+    T = np.stack([Q[:, bounds[c]:bounds[c + 1]]
+                  @ centroids[c, :, :bounds[c + 1] - bounds[c]].T.astype(np.float64)
+                  for c in range(C)], axis=1)  # (nq, C, 16)
+    mins = T.min(axis=2)
+    ranges = T.max(axis=2) - mins
+    top, total = ranges.max(axis=1), ranges.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scales = np.where(top > 0, np.minimum(255.0 / top, (65535.0 - C) / total), 1.0)
+    q = np.clip(np.floor((T - mins[:, :, None]) * scales[:, None, None] + 0.5), 0, 255)
+    qtables = np.zeros((Q.shape[0], C + C % 2, 16), dtype=np.uint8)
+    qtables[:, :C] = q
+    return qtables, mins.sum(axis=1), scales
+
+
+def ref_fastscan_scan(packed, qtables, nrows):
+    """uint16 scores (nq, nrows): Σ_c qtables[q, c, code_c] over the unpacked codes."""
+    codes = ref_unpack_codes(packed, nrows, packed.shape[1] * 2).astype(np.int64)
+    C = codes.shape[1]
+    sums = np.zeros((qtables.shape[0], nrows), dtype=np.int64)
+    for c in range(C):
+        sums += qtables[:, c, :].astype(np.int64)[:, codes[:, c]]
+    assert sums.max(initial=0) < 2**16
+    return sums.astype(np.uint16)
+
+
+def ref_fastscan_keys(scores, offset, scale, norms, qtable):
+    """16-bit keys of the approximate inner products ``a = norm · (score / scale +
+    offset)``, in float32 as the kernel: ``floor(clip((a - lo) · kscale, 0, 65535))`` with
+    lo = M · min(offset, 0), hi = M · max(top / scale + offset, 0), M = norms[0], top the
+    largest possible score and kscale = 65535 / (hi - lo) (0 when hi = lo)."""
+    f = np.float32
+    inv = f(1.0) / f(scale)
+    top = f(qtable.astype(np.int64).max(axis=1).sum())
+    M, offset = f(norms[0]), f(offset)
+    hi = M * max(top * inv + offset, f(0.0))
+    lo = M * min(offset, f(0.0))
+    with np.errstate(over="ignore"):
+        kscale = f(65535.0) / (hi - lo) if hi > lo else f(0.0)
+    kscale = kscale if np.isfinite(kscale) else f(0.0)
+    a = norms.astype(np.float32) * (scores.astype(np.float32) * inv + offset)
+    return np.clip((a - lo) * kscale, f(0.0), f(65535.0)).astype(np.uint16)
+
+
+def ref_fastscan_search(packed, nrows, qtables, offsets, scales, norms, rows, Q, k, rerank):
+    """Per query: keys of the scores (:func:`ref_fastscan_keys`); the cut t = the largest
+    key with at least ``rerank`` rows keyed ≥ t; candidates = rows keyed > t, then rows
+    keyed t in row order up to ``rerank`` in all; their exact inner products (float64);
+    the best k by score, then lower row. Returns (positions (nq, k), scores float32)."""
+    scores = ref_fastscan_scan(packed, qtables, nrows)
+    pos = np.empty((Q.shape[0], k), dtype=np.int64)
+    out = np.empty((Q.shape[0], k), dtype=np.float32)
+    for q in range(Q.shape[0]):
+        keys = ref_fastscan_keys(scores[q], offsets[q], scales[q], norms[:nrows], qtables[q])
+        at_least = np.cumsum(np.bincount(keys, minlength=65536)[::-1])[::-1]
+        cut = np.nonzero(at_least >= rerank)[0].max()
+        above = np.nonzero(keys > cut)[0]
+        ties = np.nonzero(keys == cut)[0][:rerank - above.size]
+        cand = np.concatenate([above, ties])
+        exact = np.asarray(rows, np.float64)[cand] @ np.asarray(Q[q], np.float64)
+        best = np.lexsort((cand, -exact))[:k]
+        pos[q], out[q] = cand[best], exact[best]
+    return pos, out

@@ -19,7 +19,7 @@ def test_run_on_digits_schema_and_oracle(digits_result, tmp_path):
     assert result["dataset"] == "digits"
     assert set(result["full_accuracy"]) == {"plain", "sparse"}
     rows = result["rows"]
-    assert len(rows) == 2 * 3 * 3
+    assert len(rows) == 2 * len(mips_mnist.METHODS) * 3
     fields = {"network", "method", "k", "active_neurons", "active_ratio", "accuracy",
               "relative_accuracy", "recall"}
     for r in rows:
@@ -66,17 +66,21 @@ def test_mips_speed_curve_on_a_small_set(tmp_path):
     from lutengine.experiments import mips_speed
 
     result = mips_speed.run(n_rows=3000, d=16, candidates=(10, 3000), n_queries=4, repeats=1,
-                            progress=False)
+                            progress=False, ncodebooks=(4, 32), reranks=(3000,))
     rows = result["rows"]
     assert [(r["norms"], r["method"], r["candidates"]) for r in rows] == [
         (norms, method, c) for norms in ("gaussian", "lognormal")
-        for method, c in (("normscan", None), ("h2alsh", 10), ("h2alsh", 3000))]
+        for method, c in (("normscan", None), ("h2alsh", 10), ("h2alsh", 3000),
+                          ("fastscan", None))]
     for r in rows:
         assert r["speedup_vs_brute"] == pytest.approx(r["brute_ms_per_query"] / r["ms_per_query"])
         assert 0 <= r["recall_at_k"] <= 1
     # normscan is exact; so is H2-ALSH here: 3000 rows in 16 dimensions make rings of at
-    # most ~120 rows, all under the scan threshold, so every visited ring is scanned exactly
+    # most ~120 rows, all under the scan threshold, so every visited ring is scanned exactly;
+    # fastscan re-ranks every row (rerank ≥ N); 32 codebooks > d = 16 are skipped
     assert all(r["recall_at_k"] == 1.0 for r in rows)
+    assert [(r["ncodebooks"], r["rerank"]) for r in rows if r["method"] == "fastscan"] == \
+        [(4, 3000)] * 2
     paths = _common.write_results(result, tmp_path, mips_speed.NAME, plots=mips_speed.PLOTS)
     assert tmp_path / "mips_speed_3000x16_curve.png" in paths
 

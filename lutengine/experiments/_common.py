@@ -148,10 +148,10 @@ _LABELS = {"ncodebooks": "codebooks C", "relative_accuracy": "accuracy / exact a
            "recall_at_k": "recall@k"}
 
 #: fields naming the line a row belongs to in a plot, in label order
-_SERIES_FIELDS = ("network", "norms", "layer", "method", "finetune")
+_SERIES_FIELDS = ("network", "norms", "layer", "method", "ncodebooks", "finetune")
 
 #: fields written beside each point of a plot whose x axis is another field
-_POINT_LABELS = {"ncodebooks": "C", "candidates": "candidates"}
+_POINT_LABELS = {"ncodebooks": "C", "candidates": "candidates", "rerank": "rerank"}
 
 
 def _cell(value):
@@ -183,15 +183,17 @@ def to_markdown(result, title):
     return "\n".join(lines) + "\n"
 
 
-def _series(row):
-    """The line a row belongs to: its method, with its network, norms, layer and
-    fine-tuning when it has them."""
+def _series(row, x):
+    """The line a row belongs to: its method, with its network, norms, layer, codebooks
+    and fine-tuning when it has them (the x field aside)."""
     parts = []
     for field in _SERIES_FIELDS:
-        if field in row:
-            value = row[field]
-            parts.append(("" if value else "no ") + field if isinstance(value, bool)
-                         else f"layer {value}" if field == "layer" else str(value))
+        value = row.get(field)
+        if field == x or value is None:
+            continue
+        parts.append(("" if value else "no ") + field if isinstance(value, bool)
+                     else f"layer {value}" if field == "layer"
+                     else f"C={value}" if field == "ncodebooks" else str(value))
     return " ".join(parts)
 
 
@@ -203,15 +205,16 @@ def _plot(rows, x, y, log_base, path, title):
     from matplotlib import ticker
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    series = dict.fromkeys(_series(row) for row in rows)
+    series = dict.fromkeys(_series(row, x) for row in rows)
     markers = "osD^vP*X"
     for i, label in enumerate(series):
-        line = sorted((r for r in rows if _series(r) == label), key=lambda r: next(
+        line = sorted((r for r in rows if _series(r, x) == label), key=lambda r: next(
             (r[f] for f in _POINT_LABELS if r.get(f) is not None), r[x]))
         ax.plot([r[x] for r in line], [r[y] for r in line], marker=markers[i % len(markers)],
                 label=label or y, alpha=0.85)
         for field, name in _POINT_LABELS.items():
-            if x != field and line[0].get(field) is not None:
+            if x != field and line[0].get(field) is not None and \
+                    len({r[field] for r in line}) > 1:
                 for r in line:
                     ax.annotate(f"{name}={r[field]}", (r[x], r[y]), textcoords="offset points",
                                 xytext=(4, 4), fontsize=7)

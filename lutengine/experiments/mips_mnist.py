@@ -5,7 +5,9 @@ then its first layer is approximated per test image x: only the hidden units wit
 largest and the k smallest pre-activations W1ᵀx + b1 are computed exactly, the others
 get their bias b1 (then the ReLU and the exact output layer). The units are found by
 exact search (``oracle``, np.argpartition) or by :class:`lutengine.TopKLinear` with
-H2-ALSH (``h2alsh``: top-k ∪ bottom-k; ``h2alsh-top``: top-k only).
+H2-ALSH (``h2alsh``: top-k ∪ bottom-k; ``h2alsh-top``: top-k only) or with the 4-bit PQ
+fast scan (``fastscan``: top-k ∪ bottom-k, default codebooks, ``FASTSCAN_RERANK`` · k
+candidates re-ranked exactly, so that the search stays approximate on 784 rows).
 
 Two networks: ``plain`` (cross-entropy only) and ``sparse``, trained with an L1 penalty on
 the hidden activations, which concentrates each image's response on few hidden units so
@@ -35,7 +37,10 @@ NAME = "mips_mnist"
 NETWORKS = ("plain", "sparse")
 
 #: the search methods: name -> whether the bottom-k are computed too
-METHODS = {"oracle": True, "h2alsh": True, "h2alsh-top": False}
+METHODS = {"oracle": True, "h2alsh": True, "h2alsh-top": False, "fastscan": True}
+
+#: fastscan: candidates re-ranked exactly per search, as a multiple of k
+FASTSCAN_RERANK = 2
 
 #: training budget of both networks (Adam, fixed epochs, no early stop)
 TRAIN_SETTINGS = {"epochs": 15, "batch_size": 128, "learning_rate": 1e-3}
@@ -55,10 +60,12 @@ def oracle_active(Z, k, bottom):
     return mask
 
 
-def h2alsh_active(W1, b1, X, k, bottom, random_state):
-    """First-layer pre-activations and active mask from :class:`lutengine.TopKLinear`."""
-    layer = lutengine.TopKLinear(np.ascontiguousarray(W1.T), b1, k, method="h2alsh",
-                                 bottom=bottom, random_state=random_state)
+def layer_active(W1, b1, X, k, bottom, random_state, method):
+    """First-layer pre-activations and active mask from :class:`lutengine.TopKLinear`
+    with the index ``method`` ("h2alsh" or "fastscan")."""
+    options = {"rerank": FASTSCAN_RERANK * k} if method == "fastscan" else {}
+    layer = lutengine.TopKLinear(np.ascontiguousarray(W1.T), b1, k, method=method,
+                                 bottom=bottom, random_state=random_state, **options)
     return layer(X, return_active=True)
 
 
@@ -77,7 +84,7 @@ def run(dataset="mnist", ks=(10, 20, 40, 80, 784), networks=NETWORKS, methods=tu
     ks : sequence of int
         Numbers k of top (and bottom) hidden units computed exactly; capped at ``hidden``.
     networks : sequence of {"plain", "sparse"}
-    methods : sequence of {"oracle", "h2alsh", "h2alsh-top"}
+    methods : sequence of {"oracle", "h2alsh", "h2alsh-top", "fastscan"}
     hidden : int
         Hidden units H (784 in the paper).
     l1 : float
@@ -126,7 +133,8 @@ def run(dataset="mnist", ks=(10, 20, 40, 80, 784), networks=NETWORKS, methods=tu
                 active = oracle_active(Z, k, bottom)
                 Z_hat = np.where(active, Z, b1)
             else:
-                Z_hat, active = h2alsh_active(W1, b1, Xte, k, bottom, random_state)
+                Z_hat, active = layer_active(W1, b1, Xte, k, bottom, random_state,
+                                             method.removesuffix("-top"))
             search_seconds = time.perf_counter() - start
             found = (active & nn.kwta_mask(Z, k)).sum(axis=1)
             acc = _common.accuracy(_scores(Z_hat, W2, b2), yte)
