@@ -196,7 +196,9 @@ def pytest_terminal_summary(terminalreporter, config):
     tr.section("speed-up over single-thread BLAS (min time ratio, > 1 is faster)")
     blas = ", ".join(f"{b['internal_api']} {b['version']} ({b.get('architecture')})" for b in _blas_info())
     tr.write_line(f"BLAS: {blas}; numba {numba.__version__}")
-    tr.write_line(f"{'group':<{width}}" + "".join(f"{impl:>16}" for impl in impls))
+    cell = max(10, *(len(impl) + 2 for impl in impls))
+    tr.write_line(f"{'group':<{width}}" + "".join(f"{impl:>{cell}}" for impl in impls))
     for group, row in table.items():
-        cells = "".join(f"{row[impl]:>16.2f}" if impl in row else f"{'-':>16}" for impl in impls)
+        cells = "".join(f"{row[impl]:>{cell}.2f}" if impl in row else f"{'-':>{cell}}"
+                        for impl in impls)
         tr.write_line(f"{group:<{width}}{cells}")
