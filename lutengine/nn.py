@@ -254,17 +254,20 @@ def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="co
     counts = np.broadcast_to(np.asarray(ncodebooks), (len(targets),))
     settings = {**FINETUNE, **(finetune_settings or {})}
     rng = np.random.default_rng(random_state)
+    H, fed = X, 0  # H is what layer ``fed`` receives, carried forward layer by layer
     for i, C in zip(tqdm(targets, desc="replace layers", disable=not progress), counts):
+        for between in net.layers[fed:i]:
+            H = relu(between.predict(H))
         layer = net.layers[i]
         output = i == last
         objective = "mse" if lut_objective == "kl" and not output else lut_objective
         activation = None if objective == "ridge" else ("softmax" if output else "relu")
-        H = net.activations(X, i)
         net.layers[i] = LutMatmul(int(C), partition=partition, lut_objective=objective,
                                   activation=activation, random_state=random_state,
                                   progress=False).fit(H, layer.W, bias=layer.b)
-        if finetune and not output:
-            params = [p for later in net.layers[i + 1:] for p in (later.W, later.b)]
-            H = relu(net.layers[i].predict(H))
-            train_layers(params, H, y, rng=rng, progress=progress, **settings)
+        if not output:
+            H, fed = relu(net.layers[i].predict(H)), i + 1
+            if finetune:
+                params = [p for later in net.layers[fed:] for p in (later.W, later.b)]
+                train_layers(params, H, y, rng=rng, progress=progress, **settings)
     return net
