@@ -61,10 +61,13 @@ def _block_tree_codes(X, split_dims, thresholds, start, nrows, columns_contiguou
     C = split_dims.shape[0]
     poison = np.float32(0.0)
     if columns_contiguous:
+        # X's columns as rows of X.T: for F-ordered X Numba types them as contiguous, so
+        # the loop below vectorises with plain loads (``X[:, j]`` would be strided)
+        columns = X.T
         for c in range(C):
-            poison += _tree_codes(X[:, split_dims[c, 0]], X[:, split_dims[c, 1]],
-                                  X[:, split_dims[c, 2]], X[:, split_dims[c, 3]], start, nrows,
-                                  thresholds[c], block_codes[c])
+            poison += _tree_codes(columns[split_dims[c, 0]], columns[split_dims[c, 1]],
+                                  columns[split_dims[c, 2]], columns[split_dims[c, 3]], start,
+                                  nrows, thresholds[c], block_codes[c])
     else:
         for i in range(nrows):
             row = X[start + i]

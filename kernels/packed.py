@@ -11,8 +11,11 @@ of :mod:`kernels.scan` on it, with the same integers: the tables of output ``m``
 broadcast to both lanes, ``vpshufb`` looks up 32 rows at once, ``vpavgb`` builds the same
 rounded-average tree inside each group (every group starts at an even codebook, so a
 group's pairs are whole bytes), and the groups are summed in uint16 weighted by their size.
-The result is dequantised with the same float32 expression. These kernels need AVX2
-(:func:`kernels.simd.has_avx2`); the dispatcher never calls them elsewhere.
+Four outputs go per pass over a chunk of blocks, sharing each load of codes; their sums are
+dequantised with the same float32 expression straight from registers into the result's
+columns: the scan writes ``out_t[M, N]``, the transposed (F-ordered) result, as MADDNESS's
+reference writes its output, so no transpose of 16-bit sums is needed. These kernels need
+AVX2 (:func:`kernels.simd.has_avx2`); the dispatcher never calls them elsewhere.
 """
 
 import numpy as np
@@ -21,7 +24,7 @@ from numba import njit, prange
 from ._flags import INLINE, JIT, PJIT
 from .encode import _block_tree_codes
 from .simd import (add_scaled_u16x16, average_u8x32, high_nibbles, load_table16, load_u8x32,
-                   lookup_u8x32, low_nibbles, store_u16x16, transpose_u16x16, widen_high,
+                   lookup_u8x32, low_nibbles, store_dequantized, store_u16x16, widen_high,
                    widen_low, zeros_u16x16)
 
 #: rows per packed block: one 32-byte vector
@@ -132,79 +135,84 @@ def _sixteen(packed, tables, code_at, table_at):
 
 
 @njit(**INLINE)
-def _accumulate_block(packed, tables, group_starts, group_sizes, b, m, m_next, acc, acc_start):
-    """uint16 Σ_groups size · (rounded-average tree of the group) for the rows of block b
-    and two outputs at once: m, stored to ``acc[acc_start : acc_start + 32]``, and m_next,
-    stored to the next 32. The two trees of a group are computed side by side, so LLVM
-    loads and unpacks each 32 bytes of codes once for both."""
-    low = zeros_u16x16()
-    high = zeros_u16x16()
-    low_next = zeros_u16x16()
-    high_next = zeros_u16x16()
+def _tree(size, packed, tables, code_at, table_at):
+    """The rounded-average tree of a group of ``size`` codebooks (16, 8, 4, 2 or 1)."""
+    if size == 16:
+        return _sixteen(packed, tables, code_at, table_at)
+    if size == 8:
+        return _octet(packed, tables, code_at, table_at)
+    if size == 4:
+        return _quad(packed, tables, code_at, table_at)
+    if size == 2:
+        return _pair(packed, tables, code_at, table_at)
+    return _single(packed, tables, code_at, table_at)
+
+
+@njit(**INLINE)
+def _add_average(low, high, average, size):
+    """(low, high) += size · average, widened to uint16 (rows 0–15, 16–31)."""
+    return (add_scaled_u16x16(low, widen_low(average), size),
+            add_scaled_u16x16(high, widen_high(average), size))
+
+
+@njit(**INLINE)
+def _accumulate_block(packed, tables, group_starts, group_sizes, b, m0, m1, m2, m3):
+    """uint16 Σ_groups size · (rounded-average tree of the group) for the 32 rows of block
+    b and four outputs at once, as (low, high) u16x16 pairs (rows 0–15, 16–31). The trees
+    of a group are computed side by side, so LLVM loads and unpacks each 32 bytes of codes
+    once for all four."""
+    low0 = high0 = low1 = high1 = low2 = high2 = low3 = high3 = zeros_u16x16()
     C = tables.shape[1]
     for g in range(group_starts.shape[0]):
         c0 = group_starts[g]
         size = group_sizes[g]
         code_at = (b * packed.shape[1] + (c0 >> 1)) * BLOCK  # every group starts at an even c0
-        table_at = (m * C + c0) * 16
-        next_at = (m_next * C + c0) * 16
-        if size == 16:
-            average = _sixteen(packed, tables, code_at, table_at)
-            average_next = _sixteen(packed, tables, code_at, next_at)
-        elif size == 8:
-            average = _octet(packed, tables, code_at, table_at)
-            average_next = _octet(packed, tables, code_at, next_at)
-        elif size == 4:
-            average = _quad(packed, tables, code_at, table_at)
-            average_next = _quad(packed, tables, code_at, next_at)
-        elif size == 2:
-            average = _pair(packed, tables, code_at, table_at)
-            average_next = _pair(packed, tables, code_at, next_at)
-        else:
-            average = _single(packed, tables, code_at, table_at)
-            average_next = _single(packed, tables, code_at, next_at)
-        low = add_scaled_u16x16(low, widen_low(average), size)
-        high = add_scaled_u16x16(high, widen_high(average), size)
-        low_next = add_scaled_u16x16(low_next, widen_low(average_next), size)
-        high_next = add_scaled_u16x16(high_next, widen_high(average_next), size)
-    store_u16x16(acc, acc_start, low)
-    store_u16x16(acc, acc_start + 16, high)
-    store_u16x16(acc, acc_start + BLOCK, low_next)
-    store_u16x16(acc, acc_start + BLOCK + 16, high_next)
+        low0, high0 = _add_average(low0, high0, _tree(size, packed, tables, code_at,
+                                                      (m0 * C + c0) * 16), size)
+        low1, high1 = _add_average(low1, high1, _tree(size, packed, tables, code_at,
+                                                      (m1 * C + c0) * 16), size)
+        low2, high2 = _add_average(low2, high2, _tree(size, packed, tables, code_at,
+                                                      (m2 * C + c0) * 16), size)
+        low3, high3 = _add_average(low3, high3, _tree(size, packed, tables, code_at,
+                                                      (m3 * C + c0) * 16), size)
+    return low0, high0, low1, high1, low2, high2, low3, high3
 
 
 @njit(**INLINE)
-def _scan_packed_blocks(packed, tables, group_starts, group_sizes, scale, bias, out_shift, out,
-                        first, stop, acc, rows_acc):
-    """Packed blocks first..stop-1 into their rows of out. Scratch: ``acc[blocks, M', 32]``
-    and ``rows_acc[32, M']`` uint16, M' = M rounded up to 16. Outputs are the outer loop, two
-    per pass, so their tables stay in L1 across the blocks; each block's sums are then transposed
-    to rows, and dequantised with the loop over outputs innermost, as in kernels/scan.py."""
-    M = out.shape[1]
-    padded_M = acc.shape[1]
-    for m in range(0, M, 2):
-        m_next = min(m + 1, M - 1)  # odd M: the last output twice, into a padding row
-        for b in range(first, stop):
-            _accumulate_block(packed, tables, group_starts, group_sizes, b, m, m_next,
-                              acc[b - first], m * BLOCK)
+def _store_rows(out_t, m, row0, low, high, bias, inv_scale, shift, tail):
+    """Rows row0..row0+31 of output m, dequantised with the float32 expression of
+    kernels/scan.py, into ``out_t[m]``; the last block's rows past N go through the uint16
+    scratch ``tail`` and are dropped."""
+    N = out_t.shape[1]
+    if row0 + BLOCK <= N:
+        store_dequantized(out_t, m * N + row0, low, bias, inv_scale, shift)
+        store_dequantized(out_t, m * N + row0 + 16, high, bias, inv_scale, shift)
+    else:
+        store_u16x16(tail, 0, low)
+        store_u16x16(tail, 16, high)
+        for i in range(N - row0):
+            out_t[m, row0 + i] = (np.float32(tail[i]) - bias) * inv_scale + shift
+
+
+@njit(**INLINE)
+def _scan_packed_blocks(packed, tables, group_starts, group_sizes, scale, bias, out_shift,
+                        out_t, first, stop, tail):
+    """Packed blocks first..stop-1 into their columns of ``out_t[M, N]`` (the result,
+    transposed). Outputs are the outer loop, four per pass, so their tables stay in L1 across
+    the blocks; each block's sums go from registers straight into the two output rows."""
+    M = out_t.shape[0]
     inv_scale = np.float32(1.0) / scale
-    for b in range(first, stop):
-        for m0 in range(0, padded_M, 16):
-            for half in range(0, BLOCK, 16):
-                transpose_u16x16(acc[b - first], m0 * BLOCK + half, BLOCK, rows_acc,
-                                 half * padded_M + m0, padded_M)
-        for i in range(min(BLOCK, out.shape[0] - b * BLOCK)):
-            o = out[b * BLOCK + i]
-            row = rows_acc[i]
-            for m in range(M):
-                o[m] = (np.float32(row[m]) - bias) * inv_scale + out_shift[m]
-
-
-@njit(**INLINE)
-def _scan_scratch(blocks_per_chunk, M):
-    padded_M = (M + 15) // 16 * 16
-    return (np.empty((blocks_per_chunk, padded_M, BLOCK), np.uint16),
-            np.empty((BLOCK, padded_M), np.uint16))
+    for m in range(0, M, 4):
+        # M not a multiple of 4: the last output computed and written more than once
+        m1, m2, m3 = min(m + 1, M - 1), min(m + 2, M - 1), min(m + 3, M - 1)
+        for b in range(first, stop):
+            low0, high0, low1, high1, low2, high2, low3, high3 = _accumulate_block(
+                packed, tables, group_starts, group_sizes, b, m, m1, m2, m3)
+            row0 = b * BLOCK
+            _store_rows(out_t, m, row0, low0, high0, bias, inv_scale, out_shift[m], tail)
+            _store_rows(out_t, m1, row0, low1, high1, bias, inv_scale, out_shift[m1], tail)
+            _store_rows(out_t, m2, row0, low2, high2, bias, inv_scale, out_shift[m2], tail)
+            _store_rows(out_t, m3, row0, low3, high3, bias, inv_scale, out_shift[m3], tail)
 
 
 @njit(**INLINE)
@@ -213,34 +221,42 @@ def _output_tables(luts):
     return np.ascontiguousarray(luts.transpose(2, 0, 1))
 
 
+@njit(**INLINE)
+def _chunk_blocks(chunk, nchunks, nblocks):
+    """Blocks first..stop-1 of chunk ``chunk`` when nblocks are split into nchunks nearly
+    equal runs."""
+    return chunk * nblocks // nchunks, (chunk + 1) * nblocks // nchunks
+
+
 @njit(**JIT)
 def scan_average_packed_serial(packed, luts, group_starts, group_sizes, scale, bias, out_shift,
-                               out, block_rows, nworkers):
+                               out_t, block_rows, nworkers):
     """Serial twin of :func:`scan_average_packed_parallel` (``nworkers`` is ignored)."""
     tables = _output_tables(luts)
-    blocks_per_chunk = max(1, block_rows // BLOCK)
-    acc, rows_acc = _scan_scratch(blocks_per_chunk, out.shape[1])
-    for first in range(0, packed.shape[0], blocks_per_chunk):
+    nblocks = packed.shape[0]
+    nchunks = max(1, (nblocks * BLOCK + block_rows - 1) // block_rows)
+    tail = np.empty(BLOCK, np.uint16)
+    for chunk in range(nchunks):
+        first, stop = _chunk_blocks(chunk, nchunks, nblocks)
         _scan_packed_blocks(packed, tables, group_starts, group_sizes, scale, bias, out_shift,
-                            out, first, min(first + blocks_per_chunk, packed.shape[0]), acc,
-                            rows_acc)
+                            out_t, first, stop, tail)
 
 
 @njit(**PJIT)
 def scan_average_packed_parallel(packed, luts, group_starts, group_sizes, scale, bias,
-                                 out_shift, out, block_rows, nworkers):
-    """Averaged MADDNESS scan of packed codes with uint8 ``luts[C, 16, M]`` into float32
-    ``out[N, M]``, equal bit for bit to :func:`kernels.scan.scan_average_parallel` on the
-    unpacked codes. Rows go in chunks of ``block_rows`` (rounded down to whole packed blocks);
-    each of ``nworkers`` workers takes every ``nworkers``-th chunk."""
+                                 out_shift, out_t, block_rows, nworkers):
+    """Averaged MADDNESS scan of packed codes with uint8 ``luts[C, 16, M]`` into the
+    transposed result ``out_t[M, N]`` (float32), equal bit for bit to
+    :func:`kernels.scan.scan_average_parallel` on the unpacked codes. The blocks are split
+    into equal chunks of about ``block_rows`` rows, as many per worker (``nworkers``)."""
     tables = _output_tables(luts)
-    blocks_per_chunk = max(1, block_rows // BLOCK)
-    nchunks = (packed.shape[0] + blocks_per_chunk - 1) // blocks_per_chunk
-    nworkers = max(1, min(nworkers, nchunks))
+    nblocks = packed.shape[0]
+    nworkers = max(1, min(nworkers, nblocks))
+    per_worker = max(1, (nblocks * BLOCK + block_rows * nworkers - 1) // (block_rows * nworkers))
+    nchunks = per_worker * nworkers
     for w in prange(nworkers):
-        acc, rows_acc = _scan_scratch(blocks_per_chunk, out.shape[1])  # once per worker
-        for chunk in range(w, nchunks, nworkers):
-            first = chunk * blocks_per_chunk
+        tail = np.empty(BLOCK, np.uint16)  # once per worker
+        for chunk in range(w * per_worker, (w + 1) * per_worker):
+            first, stop = _chunk_blocks(chunk, nchunks, nblocks)
             _scan_packed_blocks(packed, tables, group_starts, group_sizes, scale, bias,
-                                out_shift, out, first,
-                                min(first + blocks_per_chunk, packed.shape[0]), acc, rows_acc)
+                                out_shift, out_t, first, stop, tail)

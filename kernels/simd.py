@@ -34,11 +34,12 @@ and ``start`` an element offset into its flattened data; nothing is bounds-check
 ``widen_high(v) -> u16x16``                  elements 16..31 of v zero-extended
 ``add_scaled_u16x16(acc, v, weight) -> u16x16``  ``acc + v * weight`` (weight: an integer)
 ``store_u16x16(arr, start, v)``              writes v to uint16 ``arr.flat[start:start+16]``
-``transpose_u16x16(src, src_start, src_stride, dst, dst_start, dst_stride)``
-                                             16 × 16 uint16 tile transpose, memory to memory:
-                                             ``dst.flat[dst_start + j * dst_stride + i] =
-                                             src.flat[src_start + i * src_stride + j]``
-                                             (the two arrays must not overlap)
+``store_dequantized(arr, start, v, bias, inv_scale, shift)``
+                                             writes ``(float32(v) - bias) * inv_scale + shift``
+                                             to float32 ``arr.flat[start:start+16]`` (float32
+                                             scalars; the kernels' fast-math flags, so the
+                                             rounding is that of the same expression in
+                                             ordinary Numba code)
 
 Plain twins: each primitive ``name`` has ``name_plain`` with the same arguments and result,
 written as ordinary Numba loops over 1-D arrays (a ``u8x32`` is a uint8 array of 32, a
@@ -63,7 +64,7 @@ from numba.core import cgutils
 from numba.core import config as numba_config
 from numba.extending import intrinsic, models, register_model
 
-from ._flags import INLINE
+from ._flags import FASTMATH, INLINE
 
 
 # -- CPU features ------------------------------------------------------------------------
@@ -247,16 +248,20 @@ widen_low = intrinsic(_widen("widen_low", 0))
 widen_high = intrinsic(_widen("widen_high", 16))
 
 
+def _broadcast(builder, scalar, vector_type):
+    """``scalar`` (of the vector's element type) in every element."""
+    lane = builder.insert_element(ir.Constant(vector_type, ir.Undefined), scalar,
+                                  ir.Constant(_I32, 0))
+    return builder.shuffle_vector(lane, lane, _lanes([0] * vector_type.count))
+
+
 @intrinsic
 def add_scaled_u16x16(typingctx, acc, v, weight):
     if not (acc == u16x16 and v == u16x16 and isinstance(weight, types.Integer)):
         return None
 
     def codegen(context, builder, sig, args):
-        scalar = builder.trunc(args[2], _I16)
-        lane = builder.insert_element(ir.Constant(_V16, ir.Undefined), scalar,
-                                      ir.Constant(_I32, 0))
-        weights = builder.shuffle_vector(lane, lane, _lanes([0] * 16))
+        weights = _broadcast(builder, builder.trunc(args[2], _I16), _V16)
         return builder.add(args[0], builder.mul(args[1], weights))
     return u16x16(u16x16, u16x16, types.int64), codegen
 
@@ -274,53 +279,23 @@ def store_u16x16(typingctx, arr, start, v):
     return types.void(arr, types.intp, u16x16), codegen
 
 
-def _unpack_lanes(builder, a, b, width, high):
-    """AVX2 ``vpunpck{l,h}`` on 16-bit elements taken ``width`` at a time: inside each
-    128-bit lane, the low (or high) half of a's and b's groups, alternating."""
-    groups = 8 // width // 2
-    mask = [source + 8 * lane + width * (group + groups * high) + k
-            for lane in (0, 1) for group in range(groups) for source in (0, 16)
-            for k in range(width)]
-    return builder.shuffle_vector(a, b, _lanes(mask))
-
-
-def _transpose_lanes(builder, rows):
-    """Eight u16x16 rows whose two 128-bit lanes are each transposed as an 8 × 8 tile."""
-    for width, pairs in ((1, ((0, 1), (2, 3), (4, 5), (6, 7))),
-                         (2, ((0, 2), (1, 3), (4, 6), (5, 7))),
-                         (4, ((0, 4), (1, 5), (2, 6), (3, 7)))):
-        rows = [_unpack_lanes(builder, rows[i], rows[j], width, high)
-                for i, j in pairs for high in (0, 1)]
-    return rows
-
-
 @intrinsic
-def transpose_u16x16(typingctx, src, src_start, src_stride, dst, dst_start, dst_stride):
-    if not (_is_array_of(src, types.uint16) and _is_array_of(dst, types.uint16) and all(
-            isinstance(x, types.Integer) for x in (src_start, src_stride, dst_start, dst_stride))):
+def store_dequantized(typingctx, arr, start, v, bias, inv_scale, shift):
+    if not (_is_array_of(arr, types.float32) and isinstance(start, types.Integer)
+            and v == u16x16 and bias == inv_scale == shift == types.float32):
         return None
 
     def codegen(context, builder, sig, args):
-        src_data, dst_data = (context.make_array(t)(context, builder, a).data
-                              for t, a in ((src, args[0]), (dst, args[3])))
-
-        def row_pointer(data, start, stride, row):
-            offset = builder.add(start, builder.mul(stride, ir.Constant(start.type, row)))
-            return builder.bitcast(builder.gep(data, [offset]), ir.PointerType(_V16))
-
-        rows = [builder.load(row_pointer(src_data, args[1], args[2], r), align=1)
-                for r in range(16)]
-        # the four 8 x 8 quarter tiles transposed in place, then the off-diagonal ones swapped
-        top, bottom = _transpose_lanes(builder, rows[:8]), _transpose_lanes(builder, rows[8:])
-        rows = [builder.shuffle_vector(top[j], bottom[j], _lanes([*range(8 * lane, 8 * lane + 8),
-                                                                  *range(16 + 8 * lane,
-                                                                         24 + 8 * lane)]))
-                for lane in (0, 1) for j in range(8)]
-        for r, row in enumerate(rows):
-            builder.store(row, row_pointer(dst_data, args[4], args[5], r), align=1)
+        flags = tuple(FASTMATH)
+        vector = ir.VectorType(ir.FloatType(), 16)
+        bias, inv_scale, shift = (_broadcast(builder, x, vector) for x in args[3:])
+        x = builder.fsub(builder.uitofp(args[2], vector), bias, flags=flags)
+        y = builder.fadd(builder.fmul(x, inv_scale, flags=flags), shift, flags=flags)
+        builder.store(y, _element_pointer(context, builder, arr, args[0], args[1], vector),
+                      align=1)
         return context.get_dummy_value()
-    index = types.intp
-    return types.void(src, index, index, dst, index, index), codegen
+    f32 = types.float32
+    return types.void(arr, types.intp, u16x16, f32, f32, f32), codegen
 
 
 # -- plain twins (the oracle; no AVX2 needed) --------------------------------------------
@@ -405,9 +380,7 @@ def store_u16x16_plain(arr, start, v):
 
 
 @njit(**INLINE)
-def transpose_u16x16_plain(src, src_start, src_stride, dst, dst_start, dst_stride):
-    source = src.reshape(src.size)
-    dest = dst.reshape(dst.size)
+def store_dequantized_plain(arr, start, v, bias, inv_scale, shift):
+    flat = arr.reshape(arr.size)
     for i in range(16):
-        for j in range(16):
-            dest[dst_start + j * dst_stride + i] = source[src_start + i * src_stride + j]
+        flat[start + i] = (np.float32(v[i]) - bias) * inv_scale + shift

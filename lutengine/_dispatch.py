@@ -56,15 +56,16 @@ def encode_tree_packed(X, split_dims, thresholds):
 
 
 def scan_average_packed(codes, nrows, luts_q, scale, offset, out_bias):
-    """:func:`scan_average` on packed codes of ``nrows`` rows (same bits)."""
+    """:func:`scan_average` on packed codes of ``nrows`` rows (same bits), F-ordered: the
+    kernel writes each output's column contiguously, as MADDNESS's reference does."""
     starts, sizes, bias = average_groups(luts_q.shape[0])
-    out = np.empty((nrows, luts_q.shape[2]), dtype=np.float32)
+    out_t = np.empty((luts_q.shape[2], nrows), dtype=np.float32)
     kernel = packed.scan_average_packed_parallel if _parallel(nrows) \
         else packed.scan_average_packed_serial
     kernel(codes, luts_q, starts, sizes, np.float32(scale), np.float32(bias),
-           out_shift(offset, out_bias), out, _whole_packed_blocks(config.SCAN_BLOCK_ROWS),
+           out_shift(offset, out_bias), out_t, config.PACKED_SCAN_CHUNK_ROWS,
            numba.get_num_threads())
-    return out
+    return out_t.T
 
 
 def encode_tree(X, split_dims, thresholds):

@@ -17,6 +17,9 @@ ENCODE_BLOCK_ROWS_C = 32
 ENCODE_BLOCK_ROWS_F = 1024
 #: rows per block in the lookup-accumulate scan
 SCAN_BLOCK_ROWS = 256
+#: rows per chunk of the SIMD scan (kernels/packed.py): each output's column is written
+#: this many rows at a time, while the chunk's packed codes stay in L2
+PACKED_SCAN_CHUNK_ROWS = 8192
 #: rows per chunk of the one-hot products used at fit time
 FIT_CHUNK_ROWS = 8192
 #: below this many rows the serial kernels are used even when threads are available

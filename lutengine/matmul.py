@@ -112,7 +112,9 @@ class _LutEstimator:
         return codes
 
     def predict(self, A, device="cpu"):
-        """≈ ``A @ B + bias`` as float32 (n, M). A may be C- or F-ordered. ``device``:
+        """≈ ``A @ B + bias`` as float32 (n, M). A may be C- or F-ordered. The SIMD scan
+        (:mod:`kernels.packed`) returns the result F-ordered (each output's column
+        contiguous, as it writes it), the other paths C-ordered. ``device``:
         "cpu", "cuda" (a GPU, quantised LutMatmul; NumPy or device-array A, the result
         where A was) or "auto" (cuda for a device array or when a GPU is present)."""
         if _cuda.resolve(device, A) == "cuda":

@@ -211,10 +211,9 @@ def ref_add_scaled_u16x16(acc, v, weight):
     return ((acc.astype(np.int64) + v.astype(np.int64) * weight) % 65536).astype(np.uint16)
 
 
-def ref_transpose_u16x16(src, src_start, src_stride, dst, dst_start, dst_stride):
-    rows = src_start + src_stride * np.arange(16)[:, None] + np.arange(16)[None, :]
-    cols = dst_start + dst_stride * np.arange(16)[None, :] + np.arange(16)[:, None]
-    dst.reshape(-1)[cols] = src.reshape(-1)[rows]
+def ref_store_dequantized(arr, start, v, bias, inv_scale, shift):
+    flat = arr.reshape(-1)
+    flat[start:start + 16] = (v.astype(np.float32) - bias) * inv_scale + shift
 
 
 def ref_scan_float(codes, luts, out_bias):

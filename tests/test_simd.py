@@ -20,6 +20,7 @@ from numba import njit
 import lutengine as le
 import reference as ref
 from kernels import packed, scan, simd
+from kernels._flags import FASTMATH
 from lutengine import _dispatch, config
 from test_kernels import fortran, nthreads, pick, seeds, tree_inputs, variant
 
@@ -37,9 +38,11 @@ block_rows = st.sampled_from([32, 64, 256, 1024])
 # primitives: one jitted harness per set (intrinsics or plain twins), same code
 
 def _harness(s):
-    """A jitted function running every primitive of namespace ``s`` once, results in arrays."""
-    @njit
-    def run(table, codes, acc, weight, src, out8, out16, transposed):
+    """A jitted function running every primitive of namespace ``s`` once, results in arrays
+    (compiled with the kernels' fast-math flags, which decide how the dequantising
+    multiply-add rounds)."""
+    @njit(fastmath=set(FASTMATH))
+    def run(table, codes, acc, weight, affine, out8, out16, out32):
         tab = s.load_table16(table, 3)
         v = s.load_u8x32(codes, 1)
         low = s.lookup_u8x32(tab, s.low_nibbles(v))
@@ -54,7 +57,8 @@ def _harness(s):
         a = s.load_u8x32(acc, 0)
         s.store_u16x16(out16, 0, s.add_scaled_u16x16(s.zeros_u16x16(), s.widen_low(a), 1))
         s.store_u16x16(out16, 16, s.add_scaled_u16x16(s.widen_high(v), s.widen_high(a), weight))
-        s.transpose_u16x16(src, 5, 19, transposed, 2, 17)
+        s.store_dequantized(out32, 3, s.add_scaled_u16x16(s.widen_high(v), s.widen_high(a), weight),
+                            affine[0], affine[1], affine[2])
     return run
 
 
@@ -63,7 +67,7 @@ _PLAIN = types.ModuleType("plain_twins")
 for _name in ("load_table16", "load_u8x32", "lookup_u8x32", "low_nibbles", "high_nibbles",
               "store_u8x32", "average_u8x32", "add_u8x32", "zeros_u8x32", "zeros_u16x16",
               "widen_low", "widen_high", "add_scaled_u16x16", "store_u16x16",
-              "transpose_u16x16"):
+              "store_dequantized"):
     setattr(_PLAIN, _name, getattr(simd, _name + "_plain"))
 
 
@@ -71,7 +75,7 @@ _run_plain = _harness(_PLAIN)
 _run_simd = _harness(simd)
 
 
-def _reference_run(table, codes, acc, weight, src, out8, out16, transposed):
+def _reference_run(table, codes, acc, weight, affine, out8, out16, out32):
     tab = ref.ref_load_table16(table, 3)
     v = ref.ref_load_u8x32(codes, 1)
     low = ref.ref_lookup_u8x32(tab, ref.ref_low_nibbles(v))
@@ -85,24 +89,37 @@ def _reference_run(table, codes, acc, weight, src, out8, out16, transposed):
                                                              ref.ref_widen_low(a), 1))
     ref.ref_store_u16x16(out16, 16, ref.ref_add_scaled_u16x16(ref.ref_widen_high(v),
                                                               ref.ref_widen_high(a), weight))
-    ref.ref_transpose_u16x16(src, 5, 19, transposed, 2, 17)
+    ref.ref_store_dequantized(out32, 3, out16[16:], *affine)
+
+
+def _affine(seed):
+    """bias, 1 / scale and shift of the dequantising store."""
+    return (np.random.default_rng(seed + 1).standard_normal(3) * [100, 0.01, 1]).astype(np.float32)
 
 
 def _primitive_outputs(run, seed, weight):
     rng = np.random.default_rng(seed)
     inputs = (rng.integers(0, 256, 40, dtype=np.uint8), rng.integers(0, 256, 40, dtype=np.uint8),
               rng.integers(0, 256, 32, dtype=np.uint8), weight,
-              rng.integers(0, 2**16, (17, 19), dtype=np.uint16))
-    outputs = (np.zeros(192, np.uint8), np.zeros(32, np.uint16), np.zeros((17, 17), np.uint16))
+              _affine(seed))
+    outputs = (np.zeros(192, np.uint8), np.zeros(32, np.uint16), np.zeros((2, 10), np.float32))
     run(*inputs, *outputs)
     return outputs
 
 
 @given(seed=seeds, weight=st.sampled_from([0, 1, 2, 16, 255, 300]))
 def test_plain_primitives_match_oracle(seed, weight):
-    for got, expected in zip(_primitive_outputs(_run_plain, seed, weight),
-                             _primitive_outputs(_reference_run, seed, weight)):
-        np.testing.assert_array_equal(got, expected)
+    got8, got16, got32 = _primitive_outputs(_run_plain, seed, weight)
+    expected8, expected16, expected32 = _primitive_outputs(_reference_run, seed, weight)
+    np.testing.assert_array_equal(got8, expected8)
+    np.testing.assert_array_equal(got16, expected16)
+    # Numba may fuse the dequantising multiply-add (fast-math "contract"), NumPy does not:
+    # the two differ by at most a rounding of each term (out32 holds out16[16:] at 3..18)
+    bias, inv_scale, shift = _affine(seed)
+    terms = np.abs((got16[16:].astype(np.float32) - bias) * inv_scale) + np.abs(shift)
+    error = np.abs(got32.reshape(-1)[3:19] - expected32.reshape(-1)[3:19])
+    assert np.all(error <= 2 * np.finfo(np.float32).eps * terms)
+    np.testing.assert_array_equal(np.delete(got32.reshape(-1), range(3, 19)), 0)
 
 
 @needs_avx2
@@ -163,10 +180,11 @@ def test_scan_average_packed_bit_identical_to_plain_scan(parallel, n, c, m, seed
     expected = np.empty((n, m), dtype=np.float32)
     scan.scan_average_serial(codes, luts_q, starts, sizes, scale, np.float32(bias), shift,
                              expected, 256, 1)
-    got = np.full((n, m), np.nan, dtype=np.float32)
+    got_t = np.full((m, n), np.nan, dtype=np.float32)  # the kernel writes the transpose
     pick(packed, "scan_average_packed", parallel)(ref.ref_pack_codes(codes), luts_q, starts,
-                                                  sizes, scale, np.float32(bias), shift, got,
+                                                  sizes, scale, np.float32(bias), shift, got_t,
                                                   block, nthreads())
+    got = got_t.T
     np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
     oracle = ref.ref_scan_average_packed(ref.ref_pack_codes(codes), n, luts_q, scale, offset,
                                          out_bias)
