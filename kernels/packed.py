@@ -22,10 +22,11 @@ import numpy as np
 from numba import njit, prange
 
 from ._flags import INLINE, JIT, PJIT
-from .encode import _block_tree_codes
-from .simd import (add_scaled_u16x16, average_u8x32, high_nibbles, load_table16, load_u8x32,
-                   lookup_u8x32, low_nibbles, store_dequantized, store_u16x16, widen_high,
-                   widen_low, zeros_u16x16)
+from .simd import (add_scaled_u16x16, add_times_zero, average_u8x32, high_nibbles, load_f32x8,
+                   load_table16, load_u8x32, lookup_u8x32, low_nibbles, narrow_u8x32,
+                   pack_nibbles, store_dequantized, store_u16x16, store_u8x32, sum_f32x8,
+                   tree_step, widen_high, widen_low, zeros_f32x8, zeros_i32x8, zeros_u16x16,
+                   zeros_u8x32)
 
 #: rows per packed block: one 32-byte vector
 BLOCK = 32
@@ -34,65 +35,152 @@ BLOCK = 32
 # -- encoder -----------------------------------------------------------------------------
 
 @njit(**INLINE)
-def _encode_packed_rows(X, split_dims, thresholds, packed, start, stop, columns_contiguous,
-                        values, block_codes):
+def _level_tables(thresholds):
+    """``levels[c, l, j]``: the threshold of node j at level l of tree c, read from the heap
+    order of :mod:`kernels.encode` (``thresholds[c, 2**l - 1 + j]``); lanes j ≥ 2**l are 0
+    and never read. One f32x8 per level, so ``vpermps`` picks each row's node threshold."""
+    levels = np.zeros((thresholds.shape[0], 4, 8), dtype=np.float32)
+    for c in range(thresholds.shape[0]):
+        for level in range(4):
+            for j in range(1 << level):
+                levels[c, level, j] = thresholds[c, (1 << level) - 1 + j]
+    return levels
+
+
+@njit(**INLINE)
+def _level_step(nodes, source, at, table):
+    """One tree level for 32 rows (four i32x8 of node indices); returns the new nodes and
+    the level's poison: 0 · every value read (NaN iff one is NaN or ±Inf)."""
+    x0, x1 = load_f32x8(source, at), load_f32x8(source, at + 8)
+    x2, x3 = load_f32x8(source, at + 16), load_f32x8(source, at + 24)
+    poison = add_times_zero(add_times_zero(add_times_zero(add_times_zero(zeros_f32x8(), x0),
+                                                          x1), x2), x3)
+    return (tree_step(nodes[0], x0, table), tree_step(nodes[1], x1, table),
+            tree_step(nodes[2], x2, table), tree_step(nodes[3], x3, table)), poison
+
+
+@njit(**INLINE)
+def _tree_codes32(sources, at, levels, c):
+    """Codes of tree c for 32 rows whose split values at level l are ``sources[l][at : at +
+    32]``, as a u8x32, and their poison (f32x8, see :func:`_level_step`)."""
+    zero = zeros_i32x8()
+    nodes = (zero, zero, zero, zero)
+    nodes, p0 = _level_step(nodes, sources[0], at, load_f32x8(levels, 32 * c))
+    nodes, p1 = _level_step(nodes, sources[1], at, load_f32x8(levels, 32 * c + 8))
+    nodes, p2 = _level_step(nodes, sources[2], at, load_f32x8(levels, 32 * c + 16))
+    nodes, p3 = _level_step(nodes, sources[3], at, load_f32x8(levels, 32 * c + 24))
+    # poison summed as a tree, so only one add per call joins the caller's running sum
+    return (narrow_u8x32(nodes[0], nodes[1], nodes[2], nodes[3]),
+            add_times_zero(add_times_zero(p0, p1), add_times_zero(p2, p3)))
+
+
+@njit(**INLINE)
+def _tree_sources(columns, values, split_dims, c, in_place):
+    """The 4 split-value rows of tree c: columns of X in place (rows of ``columns`` = X.T),
+    or the gathered ``values[c]``. ``np.ascontiguousarray`` only fixes the type of a row of
+    X.T when X is C-ordered, where ``in_place`` is never true."""
+    if in_place:
+        d = split_dims[c]
+        return (np.ascontiguousarray(columns[d[0]]), np.ascontiguousarray(columns[d[1]]),
+                np.ascontiguousarray(columns[d[2]]), np.ascontiguousarray(columns[d[3]]))
+    return values[c, 0], values[c, 1], values[c, 2], values[c, 3]
+
+
+@njit(**INLINE)
+def _gather_split_values(X, split_dims, start, nrows, columns_contiguous, values):
+    """``values[c, l, i]`` = X[start + i, split_dims[c, l]] for i < nrows, 0 up to the next
+    whole block (those rows' codes are overwritten with 0 after encoding)."""
+    padded = (nrows + BLOCK - 1) // BLOCK * BLOCK
+    values[:, :, nrows:padded] = 0.0
+    if columns_contiguous:
+        columns = X.T
+        for c in range(split_dims.shape[0]):
+            for level in range(4):
+                values[c, level, :nrows] = columns[split_dims[c, level], start:start + nrows]
+    else:
+        for i in range(nrows):
+            row = X[start + i]
+            for c in range(split_dims.shape[0]):
+                for level in range(4):
+                    values[c, level, i] = row[split_dims[c, level]]
+
+
+@njit(**JIT)  # not inlined: parfors' array analysis would take its tuples of vectors for shapes
+def _encode_packed_rows(X, split_dims, levels, packed, start, stop, columns_contiguous,
+                        values):
     """Encode rows start..stop-1 (start a multiple of 32) into their packed blocks; return 1
-    if a value read was NaN/Inf, else 0. Codes of rows past stop up to the block end are 0."""
+    if a value read was NaN/Inf, else 0. Codes of rows past stop up to the block end are 0.
+
+    F-ordered X in whole blocks: the trees read their split columns in place (rows of X.T).
+    Otherwise the split values are first gathered into ``values[c, l, i]``."""
     nrows = stop - start
+    nblocks = (nrows + BLOCK - 1) // BLOCK
     C = split_dims.shape[0]
-    poison = _block_tree_codes(X, split_dims, thresholds, start, nrows, columns_contiguous,
-                              values, block_codes)
-    padded_rows = (nrows + BLOCK - 1) // BLOCK * BLOCK
-    block_codes[:, nrows:padded_rows] = 0
-    if C % 2:
-        block_codes[C, :padded_rows] = 0
-    first_block = start // BLOCK
-    for k in range(padded_rows // BLOCK):
-        for j in range(packed.shape[1]):
-            low = block_codes[2 * j, k * BLOCK:(k + 1) * BLOCK]
-            high = block_codes[2 * j + 1, k * BLOCK:(k + 1) * BLOCK]
-            dest = packed[first_block + k, j]
-            for i in range(BLOCK):
-                dest[i] = low[i] | (high[i] << np.uint8(4))
-    return np.int64(poison != 0.0)
+    npairs = packed.shape[1]
+    in_place = columns_contiguous and nrows == nblocks * BLOCK
+    if not in_place:
+        _gather_split_values(X, split_dims, start, nrows, columns_contiguous, values)
+    columns = X.T
+    base = start if in_place else 0
+    poison = zeros_f32x8()
+    for j in range(npairs):
+        low_sources = _tree_sources(columns, values, split_dims, 2 * j, in_place)
+        high_sources = _tree_sources(columns, values, split_dims, min(2 * j + 1, C - 1),
+                                     in_place)
+        for b in range(nblocks):
+            at = base + b * BLOCK
+            low, low_poison = _tree_codes32(low_sources, at, levels, 2 * j)
+            if 2 * j + 1 < C:
+                high, high_poison = _tree_codes32(high_sources, at, levels, 2 * j + 1)
+                low_poison = add_times_zero(low_poison, high_poison)
+            else:
+                high = zeros_u8x32()
+            poison = add_times_zero(poison, low_poison)
+            store_u8x32(packed, ((start // BLOCK + b) * npairs + j) * BLOCK,
+                        pack_nibbles(low, high))
+        packed[start // BLOCK + nblocks - 1, j, nrows - (nblocks - 1) * BLOCK:] = 0
+    return np.int64(sum_f32x8(poison) != 0.0)
 
 
 @njit(**INLINE)
 def _encode_scratch(C, block_rows):
-    """Gathered split values and the block's codes (one spare codebook row for odd C)."""
-    return (np.empty((C, 4, block_rows), dtype=np.float32),
-            np.empty((C + 1, block_rows), dtype=np.uint8))
+    """Split values of one chunk gathered, and the trees' level tables."""
+    return np.empty((C, 4, block_rows), dtype=np.float32)
 
 
 @njit(**JIT)
 def encode_tree_packed_serial(X, split_dims, thresholds, packed, block_rows, columns_contiguous,
                               nworkers):
     """Serial twin of :func:`encode_tree_packed_parallel` (``nworkers`` is ignored)."""
-    values, block_codes = _encode_scratch(split_dims.shape[0], block_rows)
+    levels = _level_tables(thresholds)
+    values = _encode_scratch(split_dims.shape[0], block_rows)
     nonfinite = np.int64(0)
     for start in range(0, X.shape[0], block_rows):
         stop = min(start + block_rows, X.shape[0])
-        nonfinite += _encode_packed_rows(X, split_dims, thresholds, packed, start, stop,
-                                         columns_contiguous, values, block_codes)
+        nonfinite += _encode_packed_rows(X, split_dims, levels, packed, start, stop,
+                                         columns_contiguous, values)
     return nonfinite
 
 
 @njit(**PJIT)
 def encode_tree_packed_parallel(X, split_dims, thresholds, packed, block_rows,
                                 columns_contiguous, nworkers):
-    """MADDNESS tree codes of every row of X written into ``packed`` (layout above); returns
-    how many row blocks read NaN/Inf. ``block_rows`` must be a multiple of 32; each of
-    ``nworkers`` workers takes every ``nworkers``-th block with its own scratch."""
-    nblocks = (X.shape[0] + block_rows - 1) // block_rows
-    nworkers = max(1, min(nworkers, nblocks))
+    """MADDNESS tree codes of every row of X written into ``packed`` (layout above), 8 rows
+    per vector: each level's node threshold is picked per row by ``vpermps``
+    (:func:`kernels.simd.tree_step`), the same comparisons as :mod:`kernels.encode`. Returns
+    how many row chunks read NaN/Inf. ``block_rows`` must be a multiple of 32; each of
+    ``nworkers`` workers takes every ``nworkers``-th chunk with its own scratch."""
+    levels = _level_tables(thresholds)
+    nchunks = (X.shape[0] + block_rows - 1) // block_rows
+    nworkers = max(1, min(nworkers, nchunks))
     counts = np.zeros(nworkers, dtype=np.int64)
     for w in prange(nworkers):
-        values, block_codes = _encode_scratch(split_dims.shape[0], block_rows)
-        for b in range(w, nblocks, nworkers):
-            start = b * block_rows
+        values = _encode_scratch(split_dims.shape[0], block_rows)
+        for chunk in range(w, nchunks, nworkers):
+            start = chunk * block_rows
             stop = min(start + block_rows, X.shape[0])
-            counts[w] += _encode_packed_rows(X, split_dims, thresholds, packed, start, stop,
-                                             columns_contiguous, values, block_codes)
+            counts[w] += _encode_packed_rows(X, split_dims, levels, packed, start, stop,
+                                             columns_contiguous, values)
     return counts.sum()
 
 

@@ -94,22 +94,27 @@ def has_avx512bw():
 # -- vector types ------------------------------------------------------------------------
 
 class VectorType(types.Type):
-    """An LLVM vector of ``lanes`` unsigned ``bits``-bit integers, held in a register."""
+    """An LLVM vector of ``lanes`` ``bits``-bit elements of ``kind`` ("u": unsigned integers,
+    "i": signed integers, "f": floats), held in a register."""
 
-    def __init__(self, bits, lanes):
+    def __init__(self, kind, bits, lanes):
+        self.kind = kind
         self.bits = bits
         self.lanes = lanes
-        super().__init__(name=f"u{bits}x{lanes}")
+        super().__init__(name=f"{kind}{bits}x{lanes}")
 
 
-u8x32 = VectorType(8, 32)
-u16x16 = VectorType(16, 16)
+u8x32 = VectorType("u", 8, 32)
+u16x16 = VectorType("u", 16, 16)
+i32x8 = VectorType("i", 32, 8)
+f32x8 = VectorType("f", 32, 8)
 
 
 @register_model(VectorType)
 class _VectorModel(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, ir.VectorType(ir.IntType(fe_type.bits), fe_type.lanes))
+        element = ir.FloatType() if fe_type.kind == "f" else ir.IntType(fe_type.bits)
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
 
 
 _I8 = ir.IntType(8)
@@ -117,6 +122,8 @@ _I16 = ir.IntType(16)
 _I32 = ir.IntType(32)
 _V8 = ir.VectorType(_I8, 32)
 _V16 = ir.VectorType(_I16, 16)
+_VI32 = ir.VectorType(_I32, 8)
+_VF32 = ir.VectorType(ir.FloatType(), 8)
 
 
 def _splat(vector_type, value):
@@ -298,6 +305,86 @@ def store_dequantized(typingctx, arr, start, v, bias, inv_scale, shift):
     return types.void(arr, types.intp, u16x16, f32, f32, f32), codegen
 
 
+# -- tree encoding (MADDNESS §4.1, maddness.md §2.2): 8 rows per f32x8 / i32x8 ---------
+
+@intrinsic
+def load_f32x8(typingctx, arr, start):
+    if not (_is_array_of(arr, types.float32) and isinstance(start, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_element_pointer(context, builder, arr, args[0], args[1], _VF32),
+                            align=1)
+    return f32x8(arr, types.intp), codegen
+
+
+@intrinsic
+def zeros_f32x8(typingctx):
+    return f32x8(), lambda context, builder, sig, args: ir.Constant(_VF32, [0.0] * 8)
+
+
+@intrinsic
+def zeros_i32x8(typingctx):
+    return i32x8(), lambda context, builder, sig, args: _splat(_VI32, 0)
+
+
+@intrinsic
+def tree_step(typingctx, node, x, level_thresholds):
+    if not (node == i32x8 and x == f32x8 and level_thresholds == f32x8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        node, x, table = args
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VF32, [_VF32, _VI32]), "llvm.x86.avx2.permps")
+        threshold = builder.call(fn, [table, node])  # vpermps: table[node], per lane
+        right = builder.zext(builder.fcmp_ordered(">", x, threshold), _VI32)
+        return builder.add(builder.shl(node, _splat(_VI32, 1)), right)
+    return i32x8(i32x8, f32x8, f32x8), codegen
+
+
+@intrinsic
+def add_times_zero(typingctx, acc, x):
+    if not (acc == f32x8 and x == f32x8):
+        return None
+
+    def codegen(context, builder, sig, args):  # no fast-math flags: 0 · x must stay NaN for
+        zero = ir.Constant(_VF32, [0.0] * 8)  # x = NaN or ±Inf
+        return builder.fadd(args[0], builder.fmul(args[1], zero))
+    return f32x8(f32x8, f32x8), codegen
+
+
+@intrinsic
+def sum_f32x8(typingctx, v):
+    if v != f32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        total = builder.extract_element(args[0], ir.Constant(_I32, 0))
+        for i in range(1, 8):
+            total = builder.fadd(total, builder.extract_element(args[0], ir.Constant(_I32, i)))
+        return total
+    return types.float32(f32x8), codegen
+
+
+@intrinsic
+def narrow_u8x32(typingctx, a, b, c, d):
+    if not a == b == c == d == i32x8:
+        return None
+
+    def codegen(context, builder, sig, args):
+        ab = builder.shuffle_vector(args[0], args[1], _lanes(range(16)))
+        cd = builder.shuffle_vector(args[2], args[3], _lanes(range(16)))
+        return builder.trunc(builder.shuffle_vector(ab, cd, _lanes(range(32))), _V8)
+    return u8x32(i32x8, i32x8, i32x8, i32x8), codegen
+
+
+@intrinsic
+@_binary_u8
+def pack_nibbles(builder, low, high):
+    return builder.or_(low, builder.shl(high, _splat(_V8, 4)))
+
+
 # -- plain twins (the oracle; no AVX2 needed) --------------------------------------------
 
 @njit(**INLINE)
@@ -384,3 +471,53 @@ def store_dequantized_plain(arr, start, v, bias, inv_scale, shift):
     flat = arr.reshape(arr.size)
     for i in range(16):
         flat[start + i] = (np.float32(v[i]) - bias) * inv_scale + shift
+
+
+@njit(**INLINE)
+def load_f32x8_plain(arr, start):
+    return arr.reshape(arr.size)[start:start + 8].copy()
+
+
+@njit(**INLINE)
+def zeros_f32x8_plain():
+    return np.zeros(8, np.float32)
+
+
+@njit(**INLINE)
+def zeros_i32x8_plain():
+    return np.zeros(8, np.int32)
+
+
+@njit(**INLINE)
+def tree_step_plain(node, x, level_thresholds):
+    out = np.empty(8, np.int32)
+    for i in range(8):
+        out[i] = 2 * node[i] + np.int32(x[i] > level_thresholds[node[i] & 7])
+    return out
+
+
+@njit(**INLINE)
+def add_times_zero_plain(acc, x):
+    return acc + np.float32(0.0) * x
+
+
+@njit(**INLINE)
+def sum_f32x8_plain(v):
+    total = v[0]
+    for i in range(1, 8):
+        total += v[i]
+    return total
+
+
+@njit(**INLINE)
+def narrow_u8x32_plain(a, b, c, d):
+    out = np.empty(32, np.uint8)
+    for k, part in enumerate((a, b, c, d)):
+        for i in range(8):
+            out[8 * k + i] = np.uint8(part[i] & 255)
+    return out
+
+
+@njit(**INLINE)
+def pack_nibbles_plain(low, high):
+    return low | (high << np.uint8(4))

@@ -216,6 +216,41 @@ def ref_store_dequantized(arr, start, v, bias, inv_scale, shift):
     flat[start:start + 16] = (v.astype(np.float32) - bias) * inv_scale + shift
 
 
+def ref_load_f32x8(arr, start):
+    return arr.reshape(-1)[start:start + 8].copy()
+
+
+def ref_zeros_f32x8():
+    return np.zeros(8, np.float32)
+
+
+def ref_zeros_i32x8():
+    return np.zeros(8, np.int32)
+
+
+def ref_tree_step(node, x, level_thresholds):
+    """One MADDNESS tree level (maddness.md §2.2): go right (bit 1) iff x > the threshold
+    of the current node."""
+    return (2 * node + (x > level_thresholds[node])).astype(np.int32)
+
+
+def ref_add_times_zero(acc, x):
+    """NaN where acc or x is NaN or x is ±Inf, else acc."""
+    return np.where(np.isfinite(x), acc, np.nan).astype(np.float32)
+
+
+def ref_sum_f32x8(v):
+    return np.float32(np.nan if np.isnan(v).any() else v.sum())
+
+
+def ref_narrow_u8x32(a, b, c, d):
+    return (np.concatenate([a, b, c, d]) % 256).astype(np.uint8)
+
+
+def ref_pack_nibbles(low, high):
+    return ((low.astype(np.int64) | (high.astype(np.int64) << 4)) % 256).astype(np.uint8)
+
+
 def ref_scan_float(codes, luts, out_bias):
     """Exact sum ``Σ_c luts[c, codes[n, c], :] + out_bias`` in float64."""
     return _gather(codes, luts).astype(np.float64).sum(axis=1) + np.asarray(out_bias, np.float64)

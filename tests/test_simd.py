@@ -67,12 +67,62 @@ _PLAIN = types.ModuleType("plain_twins")
 for _name in ("load_table16", "load_u8x32", "lookup_u8x32", "low_nibbles", "high_nibbles",
               "store_u8x32", "average_u8x32", "add_u8x32", "zeros_u8x32", "zeros_u16x16",
               "widen_low", "widen_high", "add_scaled_u16x16", "store_u16x16",
-              "store_dequantized"):
+              "store_dequantized", "load_f32x8", "zeros_f32x8", "zeros_i32x8", "tree_step",
+              "add_times_zero", "sum_f32x8", "narrow_u8x32", "pack_nibbles"):
     setattr(_PLAIN, _name, getattr(simd, _name + "_plain"))
+
+
+def _tree_harness(s):
+    """The tree-encoding primitives of namespace ``s``: four tree_steps (nodes 0..15) from
+    x = values[1:9], [3:11], [5:13], [7:15] against thresholds values[12:20], narrowed and
+    nibble-packed into out8; the poison of values[0:16] and of values[16:24] into out32."""
+    @njit(fastmath=set(FASTMATH))
+    def run(values, out8, out32):
+        table = s.load_f32x8(values, 12)
+        n1 = s.tree_step(s.zeros_i32x8(), s.load_f32x8(values, 1), table)
+        n2 = s.tree_step(n1, s.load_f32x8(values, 3), table)
+        n3 = s.tree_step(n2, s.load_f32x8(values, 5), table)
+        n4 = s.tree_step(n3, s.load_f32x8(values, 7), table)
+        s.store_u8x32(out8, 0, s.narrow_u8x32(n1, n2, n3, n4))
+        s.store_u8x32(out8, 32, s.pack_nibbles(s.narrow_u8x32(n4, n3, n2, n1),
+                                               s.narrow_u8x32(n2, n4, n1, n3)))
+        finite = s.add_times_zero(s.add_times_zero(s.zeros_f32x8(), s.load_f32x8(values, 0)),
+                                  s.load_f32x8(values, 8))
+        out32[0] = s.sum_f32x8(finite)
+        out32[1] = s.sum_f32x8(s.add_times_zero(finite, s.load_f32x8(values, 16)))
+    return run
 
 
 _run_plain = _harness(_PLAIN)
 _run_simd = _harness(simd)
+_run_tree_plain = _tree_harness(_PLAIN)
+_run_tree_simd = _tree_harness(simd)
+
+
+def _reference_tree_run(values, out8, out32):
+    table = ref.ref_load_f32x8(values, 12)
+    nodes = [ref.ref_zeros_i32x8()]
+    for at in (1, 3, 5, 7):
+        nodes.append(ref.ref_tree_step(nodes[-1], ref.ref_load_f32x8(values, at), table))
+    n1, n2, n3, n4 = nodes[1:]
+    out8[:32] = ref.ref_narrow_u8x32(n1, n2, n3, n4)
+    out8[32:] = ref.ref_pack_nibbles(ref.ref_narrow_u8x32(n4, n3, n2, n1),
+                                     ref.ref_narrow_u8x32(n2, n4, n1, n3))
+    finite = ref.ref_add_times_zero(ref.ref_add_times_zero(ref.ref_zeros_f32x8(),
+                                                           ref.ref_load_f32x8(values, 0)),
+                                    ref.ref_load_f32x8(values, 8))
+    out32[0] = ref.ref_sum_f32x8(finite)
+    out32[1] = ref.ref_sum_f32x8(ref.ref_add_times_zero(finite, ref.ref_load_f32x8(values, 16)))
+
+
+def _tree_outputs(run, seed, nonfinite):
+    """Outputs of a tree harness; values[16:24] hold ``nonfinite`` at a random place."""
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal(24).astype(np.float32)
+    values[rng.integers(16, 24)] = nonfinite
+    out8, out32 = np.zeros(64, np.uint8), np.zeros(2, np.float32)
+    run(values, out8, out32)
+    return out8, out32
 
 
 def _reference_run(table, codes, acc, weight, affine, out8, out16, out32):
@@ -127,6 +177,24 @@ def test_plain_primitives_match_oracle(seed, weight):
 def test_intrinsics_match_plain_twins(seed, weight):
     for got, expected in zip(_primitive_outputs(_run_simd, seed, weight),
                              _primitive_outputs(_run_plain, seed, weight)):
+        np.testing.assert_array_equal(got, expected)
+
+
+nonfinite_values = st.sampled_from([np.nan, np.inf, -np.inf, 1.0])
+
+
+@given(seed=seeds, nonfinite=nonfinite_values)
+def test_plain_tree_primitives_match_oracle(seed, nonfinite):
+    for got, expected in zip(_tree_outputs(_run_tree_plain, seed, nonfinite),
+                             _tree_outputs(_reference_tree_run, seed, nonfinite)):
+        np.testing.assert_array_equal(got, expected)
+
+
+@needs_avx2
+@given(seed=seeds, nonfinite=nonfinite_values)
+def test_tree_intrinsics_match_plain_twins(seed, nonfinite):
+    for got, expected in zip(_tree_outputs(_run_tree_simd, seed, nonfinite),
+                             _tree_outputs(_run_tree_plain, seed, nonfinite)):
         np.testing.assert_array_equal(got, expected)
 
 
