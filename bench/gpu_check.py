@@ -100,10 +100,11 @@ def measure(sizes):
                 A = cuda.to_device(rng.standard_normal((N, D)).astype(np.float32))
                 codes = est.transform(A, device="cuda")
                 _, _, luts_q = _cuda._device_state(est, _cuda._LUT_STATE)
-                shift = _dispatch.out_shift(est._lut_offset(), est.bias_)
+                dequantization = _dispatch.dequantization(est.lut_scale_, C, est._lut_offset(),
+                                                          est.bias_)
                 timings = {
                     "encode": lambda: est.transform(A, device="cuda"),
-                    "scan": lambda: _cuda.scan_average(codes, luts_q, est.lut_scale_, shift),
+                    "scan": lambda: _cuda.scan_average(codes, luts_q, dequantization),
                     "predict": lambda: est.predict(A, device="cuda"),
                 }
                 for op, fn in timings.items():

@@ -24,7 +24,7 @@ from numba import njit, prange
 from ._flags import INLINE, JIT, PJIT
 from .simd import (add_scaled_u16x16, add_times_zero, average_u8x32, high_nibbles, load_f32x8,
                    load_table16, load_u8x32, lookup_u8x32, low_nibbles, narrow_u8x32,
-                   pack_nibbles, store_dequantized, store_u16x16, store_u8x32, sum_f32x8,
+                   pack_nibbles, store_dequantized, store_u8x32, sum_f32x8,
                    tree_step, widen_high, widen_low, zeros_f32x8, zeros_i32x8, zeros_u16x16,
                    zeros_u8x32)
 
@@ -244,63 +244,138 @@ def _add_average(low, high, average, size):
 
 
 @njit(**INLINE)
-def _accumulate_block(packed, tables, group_starts, group_sizes, b, m0, m1, m2, m3):
-    """uint16 Σ_groups size · (rounded-average tree of the group) for the 32 rows of block
-    b and four outputs at once, as (low, high) u16x16 pairs (rows 0–15, 16–31). The trees
-    of a group are computed side by side, so LLVM loads and unpacks each 32 bytes of codes
-    once for all four."""
-    low0 = high0 = low1 = high1 = low2 = high2 = low3 = high3 = zeros_u16x16()
+def _group_averages(packed, tables, c0, size, b, m0, m1, m2, m3):
+    """The rounded-average trees (u8x32) of the group of ``size`` codebooks from c0 for the
+    32 rows of block b and four outputs. Computed side by side, so LLVM loads and unpacks
+    each 32 bytes of codes once for all four."""
+    code_at = (b * packed.shape[1] + (c0 >> 1)) * BLOCK  # every group starts at an even c0
     C = tables.shape[1]
+    return (_tree(size, packed, tables, code_at, (m0 * C + c0) * 16),
+            _tree(size, packed, tables, code_at, (m1 * C + c0) * 16),
+            _tree(size, packed, tables, code_at, (m2 * C + c0) * 16),
+            _tree(size, packed, tables, code_at, (m3 * C + c0) * 16))
+
+
+@njit(**INLINE)
+def _add_average(low, high, average, size):
+    """(low, high) += size · average, widened to uint16 (rows 0–15, 16–31)."""
+    return (add_scaled_u16x16(low, widen_low(average), size),
+            add_scaled_u16x16(high, widen_high(average), size))
+
+
+@njit(**INLINE)
+def _accumulate_block(packed, tables, group_starts, group_sizes, b, m0, m1, m2, m3):
+    """uint16 Σ_groups size · (group average) for block b and four outputs, as (low, high)
+    u16x16 pairs (rows 0–15, 16–31)."""
+    low0 = high0 = low1 = high1 = low2 = high2 = low3 = high3 = zeros_u16x16()
     for g in range(group_starts.shape[0]):
-        c0 = group_starts[g]
         size = group_sizes[g]
-        code_at = (b * packed.shape[1] + (c0 >> 1)) * BLOCK  # every group starts at an even c0
-        low0, high0 = _add_average(low0, high0, _tree(size, packed, tables, code_at,
-                                                      (m0 * C + c0) * 16), size)
-        low1, high1 = _add_average(low1, high1, _tree(size, packed, tables, code_at,
-                                                      (m1 * C + c0) * 16), size)
-        low2, high2 = _add_average(low2, high2, _tree(size, packed, tables, code_at,
-                                                      (m2 * C + c0) * 16), size)
-        low3, high3 = _add_average(low3, high3, _tree(size, packed, tables, code_at,
-                                                      (m3 * C + c0) * 16), size)
+        a0, a1, a2, a3 = _group_averages(packed, tables, group_starts[g], size, b, m0, m1, m2,
+                                         m3)
+        low0, high0 = _add_average(low0, high0, a0, size)
+        low1, high1 = _add_average(low1, high1, a1, size)
+        low2, high2 = _add_average(low2, high2, a2, size)
+        low3, high3 = _add_average(low3, high3, a3, size)
     return low0, high0, low1, high1, low2, high2, low3, high3
 
 
 @njit(**INLINE)
-def _store_rows(out_t, m, row0, low, high, bias, inv_scale, shift, tail):
-    """Rows row0..row0+31 of output m, dequantised with the float32 expression of
-    kernels/scan.py, into ``out_t[m]``; the last block's rows past N go through the uint16
-    scratch ``tail`` and are dropped."""
-    N = out_t.shape[1]
-    if row0 + BLOCK <= N:
-        store_dequantized(out_t, m * N + row0, low, bias, inv_scale, shift)
-        store_dequantized(out_t, m * N + row0 + 16, high, bias, inv_scale, shift)
-    else:
-        store_u16x16(tail, 0, low)
-        store_u16x16(tail, 16, high)
-        for i in range(N - row0):
-            out_t[m, row0 + i] = (np.float32(tail[i]) - bias) * inv_scale + shift
+def _store_tail(out, at, nrows, parts, inv_scale, shift, tail):
+    """The last, partial block of one output: its dequantised ``parts`` (a u8x32 average,
+    or the uint16 sums of rows 0–15 and 16–31) go through the float32 scratch ``tail``, and
+    its first nrows values into ``out[at:]``."""
+    start = 0
+    for part in parts:
+        store_dequantized(tail, start, part, inv_scale, shift)
+        start += BLOCK // len(parts)
+    for i in range(nrows):
+        out[at + i] = tail[i]
 
 
 @njit(**INLINE)
-def _scan_packed_blocks(packed, tables, group_starts, group_sizes, scale, bias, out_shift,
+def _single_group_blocks(tree, packed, tables, out, tail, where):
+    """Blocks first..stop-1 of four outputs when all C codebooks form one group (C ≤ 16, a
+    power of two), ``tree`` its averaging function above: the group's size s is folded into
+    ``scale`` = s · inv_scale (a power of two: ``float32(s · avg) · inv_scale ==
+    float32(avg) · scale`` exactly), so the uint8 averages are dequantised directly. With
+    ``tree`` fixed for the loop, LLVM keeps it free of branches."""
+    m0, m1, m2, m3, N, first, stop, scale, s0, s1, s2, s3 = where
+    C = tables.shape[1]
+    whole = min(stop, N // BLOCK)  # blocks with 32 rows
+    for b in range(first, whole):
+        code_at = b * packed.shape[1] * BLOCK
+        store_dequantized(out, m0 * N + b * BLOCK, tree(packed, tables, code_at, m0 * C * 16),
+                          scale, s0)
+        store_dequantized(out, m1 * N + b * BLOCK, tree(packed, tables, code_at, m1 * C * 16),
+                          scale, s1)
+        store_dequantized(out, m2 * N + b * BLOCK, tree(packed, tables, code_at, m2 * C * 16),
+                          scale, s2)
+        store_dequantized(out, m3 * N + b * BLOCK, tree(packed, tables, code_at, m3 * C * 16),
+                          scale, s3)
+    if whole < stop:
+        code_at = whole * packed.shape[1] * BLOCK
+        row0 = whole * BLOCK
+        for m, shift in ((m0, s0), (m1, s1), (m2, s2), (m3, s3)):
+            _store_tail(out, m * N + row0, N - row0,
+                        (tree(packed, tables, code_at, m * C * 16),), scale, shift, tail)
+
+
+@njit(**INLINE)
+def _multi_group_blocks(packed, tables, group_starts, group_sizes, out, tail, where):
+    """Blocks first..stop-1 of four outputs when the codebooks form several groups: their
+    uint16 sums (:func:`_accumulate_block`) dequantised."""
+    m0, m1, m2, m3, N, first, stop, inv_scale, s0, s1, s2, s3 = where
+    whole = min(stop, N // BLOCK)
+    for b in range(first, whole):
+        low0, high0, low1, high1, low2, high2, low3, high3 = _accumulate_block(
+            packed, tables, group_starts, group_sizes, b, m0, m1, m2, m3)
+        row0 = b * BLOCK
+        store_dequantized(out, m0 * N + row0, low0, inv_scale, s0)
+        store_dequantized(out, m0 * N + row0 + 16, high0, inv_scale, s0)
+        store_dequantized(out, m1 * N + row0, low1, inv_scale, s1)
+        store_dequantized(out, m1 * N + row0 + 16, high1, inv_scale, s1)
+        store_dequantized(out, m2 * N + row0, low2, inv_scale, s2)
+        store_dequantized(out, m2 * N + row0 + 16, high2, inv_scale, s2)
+        store_dequantized(out, m3 * N + row0, low3, inv_scale, s3)
+        store_dequantized(out, m3 * N + row0 + 16, high3, inv_scale, s3)
+    if whole < stop:
+        low0, high0, low1, high1, low2, high2, low3, high3 = _accumulate_block(
+            packed, tables, group_starts, group_sizes, whole, m0, m1, m2, m3)
+        row0 = whole * BLOCK
+        for m, shift, parts in ((m0, s0, (low0, high0)), (m1, s1, (low1, high1)),
+                                (m2, s2, (low2, high2)), (m3, s3, (low3, high3))):
+            _store_tail(out, m * N + row0, N - row0, parts, inv_scale, shift, tail)
+
+
+@njit(**INLINE)
+def _scan_packed_blocks(packed, tables, group_starts, group_sizes, inv_scale, out_shift,
                         out_t, first, stop, tail):
     """Packed blocks first..stop-1 into their columns of ``out_t[M, N]`` (the result,
-    transposed). Outputs are the outer loop, four per pass, so their tables stay in L1 across
-    the blocks; each block's sums go from registers straight into the two output rows."""
-    M = out_t.shape[0]
-    inv_scale = np.float32(1.0) / scale
+    transposed), dequantised straight from registers with the multiply-add of
+    kernels/scan.py. Outputs are the outer loop, four per pass, so their tables stay in L1
+    across the blocks."""
+    M, N = out_t.shape
+    out = out_t.reshape(M * N)
+    size = group_sizes[0]
     for m in range(0, M, 4):
         # M not a multiple of 4: the last output computed and written more than once
         m1, m2, m3 = min(m + 1, M - 1), min(m + 2, M - 1), min(m + 3, M - 1)
-        for b in range(first, stop):
-            low0, high0, low1, high1, low2, high2, low3, high3 = _accumulate_block(
-                packed, tables, group_starts, group_sizes, b, m, m1, m2, m3)
-            row0 = b * BLOCK
-            _store_rows(out_t, m, row0, low0, high0, bias, inv_scale, out_shift[m], tail)
-            _store_rows(out_t, m1, row0, low1, high1, bias, inv_scale, out_shift[m1], tail)
-            _store_rows(out_t, m2, row0, low2, high2, bias, inv_scale, out_shift[m2], tail)
-            _store_rows(out_t, m3, row0, low3, high3, bias, inv_scale, out_shift[m3], tail)
+        shifts = out_shift[m], out_shift[m1], out_shift[m2], out_shift[m3]
+        if group_starts.shape[0] > 1:
+            _multi_group_blocks(packed, tables, group_starts, group_sizes, out, tail,
+                                (m, m1, m2, m3, N, first, stop, inv_scale, *shifts))
+            continue
+        where = (m, m1, m2, m3, N, first, stop, inv_scale * np.float32(size), *shifts)
+        if size == 16:
+            _single_group_blocks(_sixteen, packed, tables, out, tail, where)
+        elif size == 8:
+            _single_group_blocks(_octet, packed, tables, out, tail, where)
+        elif size == 4:
+            _single_group_blocks(_quad, packed, tables, out, tail, where)
+        elif size == 2:
+            _single_group_blocks(_pair, packed, tables, out, tail, where)
+        else:
+            _single_group_blocks(_single, packed, tables, out, tail, where)
 
 
 @njit(**INLINE)
@@ -317,22 +392,22 @@ def _chunk_blocks(chunk, nchunks, nblocks):
 
 
 @njit(**JIT)
-def scan_average_packed_serial(packed, luts, group_starts, group_sizes, scale, bias, out_shift,
+def scan_average_packed_serial(packed, luts, group_starts, group_sizes, inv_scale, out_shift,
                                out_t, block_rows, nworkers):
     """Serial twin of :func:`scan_average_packed_parallel` (``nworkers`` is ignored)."""
     tables = _output_tables(luts)
     nblocks = packed.shape[0]
     nchunks = max(1, (nblocks * BLOCK + block_rows - 1) // block_rows)
-    tail = np.empty(BLOCK, np.uint16)
+    tail = np.empty(BLOCK, np.float32)
     for chunk in range(nchunks):
         first, stop = _chunk_blocks(chunk, nchunks, nblocks)
-        _scan_packed_blocks(packed, tables, group_starts, group_sizes, scale, bias, out_shift,
+        _scan_packed_blocks(packed, tables, group_starts, group_sizes, inv_scale, out_shift,
                             out_t, first, stop, tail)
 
 
 @njit(**PJIT)
-def scan_average_packed_parallel(packed, luts, group_starts, group_sizes, scale, bias,
-                                 out_shift, out_t, block_rows, nworkers):
+def scan_average_packed_parallel(packed, luts, group_starts, group_sizes, inv_scale, out_shift,
+                                 out_t, block_rows, nworkers):
     """Averaged MADDNESS scan of packed codes with uint8 ``luts[C, 16, M]`` into the
     transposed result ``out_t[M, N]`` (float32), equal bit for bit to
     :func:`kernels.scan.scan_average_parallel` on the unpacked codes. The blocks are split
@@ -343,8 +418,8 @@ def scan_average_packed_parallel(packed, luts, group_starts, group_sizes, scale,
     per_worker = max(1, (nblocks * BLOCK + block_rows * nworkers - 1) // (block_rows * nworkers))
     nchunks = per_worker * nworkers
     for w in prange(nworkers):
-        tail = np.empty(BLOCK, np.uint16)  # once per worker
+        tail = np.empty(BLOCK, np.float32)  # once per worker
         for chunk in range(w * per_worker, (w + 1) * per_worker):
             first, stop = _chunk_blocks(chunk, nchunks, nblocks)
-            _scan_packed_blocks(packed, tables, group_starts, group_sizes, scale, bias,
+            _scan_packed_blocks(packed, tables, group_starts, group_sizes, inv_scale,
                                 out_shift, out_t, first, stop, tail)

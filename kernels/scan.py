@@ -9,9 +9,10 @@ maddness.md §4.2): codebooks are taken in groups of ``group_sizes`` (powers of 
 most 16); inside a group the uint8 entries are combined by a tree of rounded averages
 ``(a + b + 1) >> 1``; each group's average is weighted by its size and summed in uint16,
 which cannot overflow for up to 256 codebooks (256 · 255 < 2**16). The result is
-dequantised in place: ``(acc - bias) / scale + out_shift[m]``, where the caller folds
-the tables' offset into ``out_shift`` = offset + out_bias (one add per output, so the
-scalar and vectorised loops round alike; the CUDA twin computes the same FMA).
+dequantised in place: ``acc * inv_scale + out_shift[m]``, one multiply-add, where the
+caller folds the groups' rounding bias, the tables' offset and the output bias into
+``out_shift`` (``lutengine._dispatch.dequantization``), so the scalar and vectorised
+loops round alike; the SIMD (kernels/packed.py) and CUDA twins compute the same FMA.
 
 ``scan_float_*`` sums float32 tables exactly (``quantize=False``).
 """
@@ -53,11 +54,10 @@ def _padded_tables(luts):
 
 
 @njit(**INLINE)
-def _scan_average_rows(codes, luts, group_starts, group_sizes, scale, bias, out_shift, out,
+def _scan_average_rows(codes, luts, group_starts, group_sizes, inv_scale, out_shift, out,
                        start, stop, acc, pairs):
     """Rows start..stop-1 of out from the same rows of codes."""
     M = luts.shape[2]  # padded width; out has the true width
-    inv_scale = np.float32(1.0) / scale
     for n in range(start, stop):
         row_codes = codes[n]
         acc[:] = 0
@@ -81,21 +81,21 @@ def _scan_average_rows(codes, luts, group_starts, group_sizes, scale, bias, out_
                 acc[m] += weight * np.uint16(p[m])
         o = out[n]
         for m in range(o.shape[0]):
-            o[m] = (np.float32(acc[m]) - bias) * inv_scale + out_shift[m]
+            o[m] = np.float32(acc[m]) * inv_scale + out_shift[m]
 
 
 @njit(**JIT)
-def scan_average_serial(codes, luts, group_starts, group_sizes, scale, bias, out_shift, out,
+def scan_average_serial(codes, luts, group_starts, group_sizes, inv_scale, out_shift, out,
                         block_rows, nworkers):
     """Serial twin of :func:`scan_average_parallel` (``nworkers`` is ignored)."""
     padded = _padded_tables(luts)
     M = padded.shape[2]
-    _scan_average_rows(codes, padded, group_starts, group_sizes, scale, bias, out_shift, out, 0,
+    _scan_average_rows(codes, padded, group_starts, group_sizes, inv_scale, out_shift, out, 0,
                        codes.shape[0], np.empty(M, np.uint16), np.empty((8, M), np.uint8))
 
 
 @njit(**PJIT)
-def scan_average_parallel(codes, luts, group_starts, group_sizes, scale, bias, out_shift, out,
+def scan_average_parallel(codes, luts, group_starts, group_sizes, inv_scale, out_shift, out,
                           block_rows, nworkers):
     """Quantised MADDNESS scan of uint8 ``luts[C, 16, M]`` into float32 ``out[N, M]``;
     each of ``nworkers`` workers takes every ``nworkers``-th block of rows."""
@@ -110,7 +110,7 @@ def scan_average_parallel(codes, luts, group_starts, group_sizes, scale, bias, o
         for b in range(w, nblocks, nworkers):
             start = b * block_rows
             stop = min(start + block_rows, codes.shape[0])
-            _scan_average_rows(codes, padded, group_starts, group_sizes, scale, bias, out_shift,
+            _scan_average_rows(codes, padded, group_starts, group_sizes, inv_scale, out_shift,
                                out, start, stop, acc, pairs)
 
 

@@ -34,16 +34,29 @@ and ``start`` an element offset into its flattened data; nothing is bounds-check
 ``widen_high(v) -> u16x16``                  elements 16..31 of v zero-extended
 ``add_scaled_u16x16(acc, v, weight) -> u16x16``  ``acc + v * weight`` (weight: an integer)
 ``store_u16x16(arr, start, v)``              writes v to uint16 ``arr.flat[start:start+16]``
-``store_dequantized(arr, start, v, bias, inv_scale, shift)``
-                                             writes ``(float32(v) - bias) * inv_scale + shift``
-                                             to float32 ``arr.flat[start:start+16]`` (float32
-                                             scalars; the kernels' fast-math flags, so the
-                                             rounding is that of the same expression in
-                                             ordinary Numba code)
+``store_dequantized(arr, start, v, inv_scale, shift)``
+                                             writes ``float32(v) * inv_scale + shift`` for the
+                                             32 (u8x32) or 16 (u16x16) elements of v to float32
+                                             ``arr.flat[start:]`` (float32 scalars; the
+                                             kernels' fast-math flags, so it rounds as the same
+                                             expression in ordinary Numba code: one FMA)
+
+Tree encoding, 8 rows per vector (``f32x8``: 8 float32; ``i32x8``: 8 int32):
+
+``load_f32x8(arr, start) -> f32x8``          float32 ``arr.flat[start:start+8]``
+``zeros_f32x8()``, ``zeros_i32x8()``
+``tree_step(node, x, level_thresholds)``     ``2 * node + (x > level_thresholds[node])``, per
+                                             element (``vpermps`` picks the threshold; node
+                                             in 0..7; NaN compares false)
+``add_times_zero(acc, x) -> f32x8``          ``acc + 0 * x``: NaN wherever x is NaN or ±Inf
+``sum_f32x8(v) -> float32``                  the sum of the 8 elements
+``narrow_u8x32(a, b, c, d) -> u8x32``        four i32x8 truncated to bytes, in order a..d
+``pack_nibbles(low, high) -> u8x32``         ``low | (high << 4)`` (wrapping)
 
 Plain twins: each primitive ``name`` has ``name_plain`` with the same arguments and result,
 written as ordinary Numba loops over 1-D arrays (a ``u8x32`` is a uint8 array of 32, a
-``u16x16`` a uint16 array of 16; vector results are new arrays). They are the oracle of the
+``u16x16`` a uint16 array of 16, an ``f32x8`` float32 and an ``i32x8`` int32 arrays of 8;
+vector results are new arrays). They are the oracle of the
 intrinsics and need no AVX2, but they allocate: use them for tests, not in hot loops.
 
 CPU features: :func:`cpu_features` (the names LLVM reports for the compile target),
@@ -287,22 +300,22 @@ def store_u16x16(typingctx, arr, start, v):
 
 
 @intrinsic
-def store_dequantized(typingctx, arr, start, v, bias, inv_scale, shift):
+def store_dequantized(typingctx, arr, start, v, inv_scale, shift):
     if not (_is_array_of(arr, types.float32) and isinstance(start, types.Integer)
-            and v == u16x16 and bias == inv_scale == shift == types.float32):
+            and v in (u8x32, u16x16) and inv_scale == shift == types.float32):
         return None
 
     def codegen(context, builder, sig, args):
+        vector = ir.VectorType(ir.FloatType(), v.lanes)
+        inv_scale, shift = (_broadcast(builder, x, vector) for x in args[3:])
         flags = tuple(FASTMATH)
-        vector = ir.VectorType(ir.FloatType(), 16)
-        bias, inv_scale, shift = (_broadcast(builder, x, vector) for x in args[3:])
-        x = builder.fsub(builder.uitofp(args[2], vector), bias, flags=flags)
-        y = builder.fadd(builder.fmul(x, inv_scale, flags=flags), shift, flags=flags)
+        y = builder.fadd(builder.fmul(builder.uitofp(args[2], vector), inv_scale, flags=flags),
+                         shift, flags=flags)
         builder.store(y, _element_pointer(context, builder, arr, args[0], args[1], vector),
                       align=1)
         return context.get_dummy_value()
     f32 = types.float32
-    return types.void(arr, types.intp, u16x16, f32, f32, f32), codegen
+    return types.void(arr, types.intp, v, f32, f32), codegen
 
 
 # -- tree encoding (MADDNESS §4.1, maddness.md §2.2): 8 rows per f32x8 / i32x8 ---------
@@ -467,10 +480,10 @@ def store_u16x16_plain(arr, start, v):
 
 
 @njit(**INLINE)
-def store_dequantized_plain(arr, start, v, bias, inv_scale, shift):
+def store_dequantized_plain(arr, start, v, inv_scale, shift):
     flat = arr.reshape(arr.size)
-    for i in range(16):
-        flat[start + i] = (np.float32(v[i]) - bias) * inv_scale + shift
+    for i in range(v.shape[0]):
+        flat[start + i] = np.float32(v[i]) * inv_scale + shift
 
 
 @njit(**INLINE)

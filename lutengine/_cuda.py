@@ -147,19 +147,20 @@ def scan_tiles(ncodebooks, nout):
     return rows, cols, ncodebooks * (16 * cols + rows)
 
 
-def scan_average(codes, luts_q, scale, out_shift):
-    """The averaged scan of device ``codes`` with device tables, plus ``out_shift`` (host,
-    :func:`lutengine._dispatch.out_shift`): a float32 device array."""
+def scan_average(codes, luts_q, dequantization):
+    """The averaged scan of device ``codes`` with device tables, dequantised by ``(inv_scale,
+    shift)`` (host, :func:`lutengine._dispatch.dequantization`): a float32 device array."""
     cuda = _cuda()
     scan = _kernels()[2]
-    starts, sizes, bias = _dispatch.average_groups(codes.shape[1])
+    starts, sizes, _ = _dispatch.average_groups(codes.shape[1])
+    inv_scale, shift = dequantization
     rows, cols, shared_bytes = scan_tiles(codes.shape[1], luts_q.shape[2])
     out = cuda.device_array((codes.shape[0], luts_q.shape[2]), dtype=np.float32)
     grid = (min(config.CUDA_MAX_BLOCKS, -(-codes.shape[0] // rows)),
             min(config.CUDA_MAX_BLOCKS, -(-luts_q.shape[2] // cols)))
     scan.scan_average[grid, config.CUDA_THREADS_PER_BLOCK, 0, shared_bytes](
-        codes, luts_q, cuda.to_device(starts), cuda.to_device(sizes), np.float32(scale),
-        np.float32(bias), cuda.to_device(out_shift), out, rows, cols)
+        codes, luts_q, cuda.to_device(starts), cuda.to_device(sizes), inv_scale,
+        cuda.to_device(shift), out, rows, cols)
     return out
 
 
@@ -170,8 +171,8 @@ def predict(estimator, A):
                          "quantize=False runs on device='cpu'")
     X, on_device = _tree_estimator_input(estimator, A)
     _, _, luts_q = _device_state(estimator, _LUT_STATE)
-    out = scan_average(_encode(estimator, X), luts_q, estimator.lut_scale_,
-                       _dispatch.out_shift(estimator._lut_offset(), estimator.bias_))
+    out = scan_average(_encode(estimator, X), luts_q, _dispatch.dequantization(
+        estimator.lut_scale_, luts_q.shape[0], estimator._lut_offset(), estimator.bias_))
     return _returned(on_device, out)
 
 

@@ -58,13 +58,13 @@ def encode_tree_packed(X, split_dims, thresholds):
 def scan_average_packed(codes, nrows, luts_q, scale, offset, out_bias):
     """:func:`scan_average` on packed codes of ``nrows`` rows (same bits), F-ordered: the
     kernel writes each output's column contiguously, as MADDNESS's reference does."""
-    starts, sizes, bias = average_groups(luts_q.shape[0])
+    starts, sizes, _ = average_groups(luts_q.shape[0])
     out_t = np.empty((luts_q.shape[2], nrows), dtype=np.float32)
     kernel = packed.scan_average_packed_parallel if _parallel(nrows) \
         else packed.scan_average_packed_serial
-    kernel(codes, luts_q, starts, sizes, np.float32(scale), np.float32(bias),
-           out_shift(offset, out_bias), out_t, config.PACKED_SCAN_CHUNK_ROWS,
-           numba.get_num_threads())
+    kernel(codes, luts_q, starts, sizes,
+           *dequantization(scale, luts_q.shape[0], offset, out_bias), out_t,
+           config.PACKED_SCAN_CHUNK_ROWS, numba.get_num_threads())
     return out_t.T
 
 
@@ -101,17 +101,22 @@ def average_groups(ncodebooks):
     return starts, sizes, bias
 
 
-def out_shift(offset, out_bias):
-    """What the averaged scan adds after dequantising: offset + out_bias, float32."""
-    return np.float32(offset) + np.asarray(out_bias, dtype=np.float32)
+def dequantization(scale, ncodebooks, offset, out_bias):
+    """``(inv_scale, shift)`` of the averaged scans' dequantisation ``float32(acc) *
+    inv_scale + shift[m]`` (one multiply-add, which every CPU and GPU kernel rounds alike):
+    ``shift`` folds the groups' rounding bias, the tables' offset and the output bias."""
+    bias = average_groups(ncodebooks)[2]
+    inv_scale = np.float32(1.0) / np.float32(scale)
+    return inv_scale, (np.float32(offset) + np.asarray(out_bias, dtype=np.float32)
+                       - np.float32(bias) * inv_scale)
 
 
 def scan_average(codes, luts_q, scale, offset, out_bias):
-    starts, sizes, bias = average_groups(codes.shape[1])
+    starts, sizes, _ = average_groups(codes.shape[1])
     out = np.empty((codes.shape[0], luts_q.shape[2]), dtype=np.float32)
     kernel = scan.scan_average_parallel if _parallel(codes.shape[0]) else scan.scan_average_serial
-    kernel(codes, luts_q, starts, sizes, np.float32(scale), np.float32(bias),
-           out_shift(offset, out_bias), out, config.SCAN_BLOCK_ROWS, numba.get_num_threads())
+    kernel(codes, luts_q, starts, sizes, *dequantization(scale, codes.shape[1], offset, out_bias),
+           out, config.SCAN_BLOCK_ROWS, numba.get_num_threads())
     return out
 
 

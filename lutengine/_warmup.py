@@ -34,12 +34,12 @@ def warmup():
     for variant in (lut.quantize_luts_serial, lut.quantize_luts_parallel):
         mins, scale = variant(luts, luts_q)
         compiled += 1
-    scale = np.float32(scale)  # the scans' argument types are those of lutengine._dispatch
-    starts, sizes, bias = _dispatch.average_groups(2)
+    starts, sizes, _ = _dispatch.average_groups(2)
     out = np.empty((40, 3), dtype=np.float32)
     out_bias = np.zeros(3, dtype=np.float32)
+    inv_scale, shift = _dispatch.dequantization(scale, 2, 0.0, out_bias)
     for variant in (scan.scan_average_serial, scan.scan_average_parallel):
-        variant(codes, luts_q, starts, sizes, scale, np.float32(bias), out_bias, out, 8, 2)
+        variant(codes, luts_q, starts, sizes, inv_scale, shift, out, 8, 2)
         compiled += 1
     if simd.has_avx2():  # the packed SIMD path (AVX2 code cannot even compile without it)
         codes_packed = np.empty((2, 1, packed.BLOCK), dtype=np.uint8)
@@ -49,7 +49,7 @@ def warmup():
                                   packed.scan_average_packed_parallel)):
             encoder(X, dims, thresholds, codes_packed, 32, False, 2)
             encoder(XF, dims, thresholds, codes_packed, 32, True, 2)
-            scanner(codes_packed, luts_q, starts, sizes, scale, np.float32(bias), out_bias,
+            scanner(codes_packed, luts_q, starts, sizes, inv_scale, shift,
                     np.empty((3, 40), dtype=np.float32), 32, 2)
             compiled += 2
     for variant in (scan.scan_float_serial, scan.scan_float_parallel):

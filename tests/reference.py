@@ -211,9 +211,9 @@ def ref_add_scaled_u16x16(acc, v, weight):
     return ((acc.astype(np.int64) + v.astype(np.int64) * weight) % 65536).astype(np.uint16)
 
 
-def ref_store_dequantized(arr, start, v, bias, inv_scale, shift):
+def ref_store_dequantized(arr, start, v, inv_scale, shift):
     flat = arr.reshape(-1)
-    flat[start:start + 16] = (v.astype(np.float32) - bias) * inv_scale + shift
+    flat[start:start + len(v)] = v.astype(np.float32) * inv_scale + shift
 
 
 def ref_load_f32x8(arr, start):

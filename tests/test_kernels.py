@@ -265,7 +265,7 @@ def test_scan_average_accumulator_is_exact(parallel, n, c, m, seed, block, full)
     luts_q = np.full((c, 16, m), 255, np.uint8) if full else rng.integers(0, 256, (c, 16, m), np.uint8)
     starts, sizes, _ = group_arrays(c)
     out = np.full((n, m), np.nan, dtype=np.float32)
-    pick(scan, "scan_average", parallel)(codes, luts_q, starts, sizes, np.float32(1), np.float32(0),
+    pick(scan, "scan_average", parallel)(codes, luts_q, starts, sizes, np.float32(1),
                                          np.zeros(m, np.float32), out, block, nthreads())
     np.testing.assert_array_equal(out, ref.ref_average_accumulate(codes, luts_q))
 
@@ -280,7 +280,7 @@ def test_scan_average_uint16_accumulator_does_not_overflow(parallel, c):
     luts_q = np.full((c, 16, m), 255, dtype=np.uint8)
     starts, sizes, _ = group_arrays(c)
     out = np.empty((n, m), dtype=np.float32)
-    pick(scan, "scan_average", parallel)(codes, luts_q, starts, sizes, np.float32(1), np.float32(0),
+    pick(scan, "scan_average", parallel)(codes, luts_q, starts, sizes, np.float32(1),
                                          np.zeros(m, np.float32), out, 8, nthreads())
     assert np.all(out == 255 * c)
 
@@ -296,9 +296,9 @@ def test_scan_average_dequantises(parallel, n, c, m, seed, block, log_scale):
     out_bias = rng.standard_normal(m).astype(np.float32)
     starts, sizes, bias = group_arrays(c)
     out = np.empty((n, m), dtype=np.float32)
-    pick(scan, "scan_average", parallel)(codes, luts_q, starts, sizes, scale, np.float32(bias),
-                                         _dispatch.out_shift(offset, out_bias), out, block,
-                                         nthreads())
+    pick(scan, "scan_average", parallel)(codes, luts_q, starts, sizes,
+                                         *_dispatch.dequantization(scale, c, offset, out_bias),
+                                         out, block, nthreads())
     expected = ref.ref_scan_average(codes, luts_q, scale, offset, out_bias)
     magnitude = (255.0 * c + bias) / scale + abs(offset) + np.abs(out_bias)
     assert_within(out, expected, 4 * EPS32 * magnitude)
@@ -345,7 +345,7 @@ def test_averaging_bias_table(c, u, std):
     starts, sizes, bias = _dispatch.average_groups(c)
     assert sizes.max() == u and bias == pytest.approx(c / 4 * np.log2(u))
     out = np.empty((codes.shape[0], m), dtype=np.float32)
-    scan.scan_average_serial(codes, luts_q, starts, sizes, np.float32(1), np.float32(0),
+    scan.scan_average_serial(codes, luts_q, starts, sizes, np.float32(1),
                              np.zeros(m, np.float32), out, 256, 1)
     exact = sum(luts_q[j, codes[:, j]].astype(np.int64) for j in range(c))
     err = (out - exact).ravel()
@@ -414,13 +414,13 @@ def case_quantize_luts(rng, n):
 def case_scan_average(rng, n):
     codes = random_codes(rng, n, 19)
     luts_q = rng.integers(0, 256, (19, 16, 6), dtype=np.uint8)
-    starts, sizes, bias = group_arrays(19)
+    starts, sizes, _ = group_arrays(19)
     out_bias = rng.standard_normal(6).astype(np.float32)
 
     def run(kernel):
         out = np.empty((n, 6), dtype=np.float32)
-        kernel(codes, luts_q, starts, sizes, np.float32(3.9921875), np.float32(bias),
-               np.float32(-1.5) + out_bias, out, 16, nthreads())
+        kernel(codes, luts_q, starts, sizes,
+               *_dispatch.dequantization(3.9921875, 19, -1.5, out_bias), out, 16, nthreads())
         return (out,)
     return scan, "scan_average", run
 

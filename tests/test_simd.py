@@ -58,7 +58,8 @@ def _harness(s):
         s.store_u16x16(out16, 0, s.add_scaled_u16x16(s.zeros_u16x16(), s.widen_low(a), 1))
         s.store_u16x16(out16, 16, s.add_scaled_u16x16(s.widen_high(v), s.widen_high(a), weight))
         s.store_dequantized(out32, 3, s.add_scaled_u16x16(s.widen_high(v), s.widen_high(a), weight),
-                            affine[0], affine[1], affine[2])
+                            affine[0], affine[1])
+        s.store_dequantized(out32, 19, low, affine[0], affine[1])
     return run
 
 
@@ -140,11 +141,12 @@ def _reference_run(table, codes, acc, weight, affine, out8, out16, out32):
     ref.ref_store_u16x16(out16, 16, ref.ref_add_scaled_u16x16(ref.ref_widen_high(v),
                                                               ref.ref_widen_high(a), weight))
     ref.ref_store_dequantized(out32, 3, out16[16:], *affine)
+    ref.ref_store_dequantized(out32, 19, out8[:32], *affine)
 
 
 def _affine(seed):
-    """bias, 1 / scale and shift of the dequantising store."""
-    return (np.random.default_rng(seed + 1).standard_normal(3) * [100, 0.01, 1]).astype(np.float32)
+    """1 / scale and shift of the dequantising store."""
+    return (np.random.default_rng(seed + 1).standard_normal(2) * [0.01, 1]).astype(np.float32)
 
 
 def _primitive_outputs(run, seed, weight):
@@ -152,7 +154,7 @@ def _primitive_outputs(run, seed, weight):
     inputs = (rng.integers(0, 256, 40, dtype=np.uint8), rng.integers(0, 256, 40, dtype=np.uint8),
               rng.integers(0, 256, 32, dtype=np.uint8), weight,
               _affine(seed))
-    outputs = (np.zeros(192, np.uint8), np.zeros(32, np.uint16), np.zeros((2, 10), np.float32))
+    outputs = (np.zeros(192, np.uint8), np.zeros(32, np.uint16), np.zeros((2, 26), np.float32))
     run(*inputs, *outputs)
     return outputs
 
@@ -164,12 +166,14 @@ def test_plain_primitives_match_oracle(seed, weight):
     np.testing.assert_array_equal(got8, expected8)
     np.testing.assert_array_equal(got16, expected16)
     # Numba may fuse the dequantising multiply-add (fast-math "contract"), NumPy does not:
-    # the two differ by at most a rounding of each term (out32 holds out16[16:] at 3..18)
-    bias, inv_scale, shift = _affine(seed)
-    terms = np.abs((got16[16:].astype(np.float32) - bias) * inv_scale) + np.abs(shift)
-    error = np.abs(got32.reshape(-1)[3:19] - expected32.reshape(-1)[3:19])
+    # the two differ by at most a rounding of each term (out32 holds out16[16:] at 3..18,
+    # out8[:32] at 19..50)
+    inv_scale, shift = _affine(seed)
+    dequantized = np.concatenate([got16[16:], got8[:32]]).astype(np.float32)
+    terms = np.abs(dequantized * inv_scale) + np.abs(shift)
+    error = np.abs(got32.reshape(-1)[3:51] - expected32.reshape(-1)[3:51])
     assert np.all(error <= 2 * np.finfo(np.float32).eps * terms)
-    np.testing.assert_array_equal(np.delete(got32.reshape(-1), range(3, 19)), 0)
+    np.testing.assert_array_equal(np.delete(got32.reshape(-1), range(3, 51)), 0)
 
 
 @needs_avx2
@@ -243,15 +247,14 @@ def test_scan_average_packed_bit_identical_to_plain_scan(parallel, n, c, m, seed
     luts_q = rng.integers(0, 256, (c, 16, m), dtype=np.uint8)
     scale, offset = np.float32(rng.uniform(0.01, 4.0)), np.float32(rng.standard_normal())
     out_bias = rng.standard_normal(m).astype(np.float32)
-    starts, sizes, bias = _dispatch.average_groups(c)
-    shift = _dispatch.out_shift(offset, out_bias)
+    starts, sizes, _ = _dispatch.average_groups(c)
+    inv_scale, shift = _dispatch.dequantization(scale, c, offset, out_bias)
     expected = np.empty((n, m), dtype=np.float32)
-    scan.scan_average_serial(codes, luts_q, starts, sizes, scale, np.float32(bias), shift,
-                             expected, 256, 1)
+    scan.scan_average_serial(codes, luts_q, starts, sizes, inv_scale, shift, expected, 256, 1)
     got_t = np.full((m, n), np.nan, dtype=np.float32)  # the kernel writes the transpose
     pick(packed, "scan_average_packed", parallel)(ref.ref_pack_codes(codes), luts_q, starts,
-                                                  sizes, scale, np.float32(bias), shift, got_t,
-                                                  block, nthreads())
+                                                  sizes, inv_scale, shift, got_t, block,
+                                                  nthreads())
     got = got_t.T
     np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
     oracle = ref.ref_scan_average_packed(ref.ref_pack_codes(codes), n, luts_q, scale, offset,

@@ -5,9 +5,9 @@ Each thread block stages a tile of ``cols_per_tile`` table columns of every code
 shared memory, then, for each row tile of ``rows_per_block`` rows it owns, the tile's codes
 (read coalesced: consecutive threads, consecutive bytes); every thread then computes whole
 outputs ``out[n, m]``. Integer part: the same groups and the same tree of rounded averages
-``(a + b + 1) >> 1`` as the CPU, summed exactly. Float part: ``fma(float32(acc) - bias,
-1/scale, out_shift[m])``, the single multiply-add the CPU kernel compiles to, so outputs
-are bit-identical to it.
+``(a + b + 1) >> 1`` as the CPU, summed exactly. Float part: ``fma(float32(acc),
+inv_scale, out_shift[m])``, the single multiply-add the CPU kernels compile to, so outputs
+are bit-identical to them.
 """
 
 from numba import cuda, float32, int32, uint8
@@ -37,7 +37,7 @@ def _group_average(tables, tile_codes, code_base, c0, size, cols_per_tile, m, pa
 
 
 @cuda.jit
-def scan_average(codes, luts, group_starts, group_sizes, scale, bias, out_shift, out,
+def scan_average(codes, luts, group_starts, group_sizes, inv_scale, out_shift, out,
                  rows_per_block, cols_per_tile):
     """``out[n, m]`` from uint8 ``luts[C, 16, M]`` and ``codes[N, C]`` (C-contiguous).
 
@@ -51,7 +51,6 @@ def scan_average(codes, luts, group_starts, group_sizes, scale, bias, out_shift,
     tables = shared[:table_bytes]
     tile_codes = shared[table_bytes:table_bytes + rows_per_block * ncodebooks]
     pairs = cuda.local.array(8, dtype=int32)
-    inv_scale = float32(1.0) / scale
     thread, nthreads = cuda.threadIdx.x, cuda.blockDim.x
     nrow_tiles = (nrows + rows_per_block - 1) // rows_per_block
     ncol_tiles = (width_all + cols_per_tile - 1) // cols_per_tile
@@ -78,5 +77,4 @@ def scan_average(codes, luts, group_starts, group_sizes, scale, bias, out_shift,
                     acc += group_sizes[g] * _group_average(
                         tables, tile_codes, r * ncodebooks, group_starts[g], group_sizes[g],
                         cols_per_tile, m, pairs)
-                out[n0 + r, m0 + m] = cuda.fma(float32(acc) - bias, inv_scale,
-                                               out_shift[m0 + m])
+                out[n0 + r, m0 + m] = cuda.fma(float32(acc), inv_scale, out_shift[m0 + m])

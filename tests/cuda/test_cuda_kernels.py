@@ -70,8 +70,8 @@ def _scan_inputs(rng, N, C, M):
 
 
 def _cuda_scan(codes, luts_q, scale, offset, out_bias):
-    out = _cuda.scan_average(cuda.to_device(codes), cuda.to_device(luts_q), scale,
-                             _dispatch.out_shift(offset, out_bias))
+    out = _cuda.scan_average(cuda.to_device(codes), cuda.to_device(luts_q),
+                             _dispatch.dequantization(scale, codes.shape[1], offset, out_bias))
     return out.copy_to_host()
 
 
@@ -88,14 +88,14 @@ def test_scan_bit_identical_to_cpu(N, C, M, seed):
 
 
 def test_scan_wide_outputs_match_the_fused_formula_exactly():
-    """Any M: exactly fma(float32(acc) − bias, 1/scale, out_bias + offset) with the
-    oracle's integer accumulator, and the CPU to the bit."""
+    """Any M: exactly fma(float32(acc), 1/scale, shift) with the oracle's integer
+    accumulator and the dispatcher's shift, and the CPU to the bit."""
     rng = np.random.default_rng(3)
     codes, luts_q, scale, offset, out_bias = args = _scan_inputs(rng, 3, 5, 37)
     got = _cuda_scan(*args)
-    acc = reference.ref_average_accumulate(codes, luts_q).astype(np.float32)
-    shifted = (acc - np.float32(_dispatch.average_groups(5)[2])).astype(np.float64)
-    fused = shifted * np.float64(np.float32(1) / scale) + (out_bias + offset).astype(np.float64)
+    acc = reference.ref_average_accumulate(codes, luts_q).astype(np.float64)
+    inv_scale, shift = _dispatch.dequantization(scale, 5, offset, out_bias)
+    fused = acc * np.float64(inv_scale) + shift.astype(np.float64)
     np.testing.assert_array_equal(got, fused.astype(np.float32))
     np.testing.assert_array_equal(got, _dispatch.scan_average(*args))
 
