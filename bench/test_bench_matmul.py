@@ -33,6 +33,7 @@ IMPLS = {
     "lutengine-2t": ("maddness", 2, "F", "off"),
     "lutengine-simd-1t": ("maddness", 1, "C", "on"),
     "lutengine-simd-1t-F": ("maddness", 1, "F", "on"),
+    "lutengine-simd-2t-F": ("maddness", 2, "F", "on"),
     "pq-1t": ("pq", 1, "C", "off"),
 }
 
