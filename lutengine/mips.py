@@ -37,6 +37,17 @@ def _sorted_best_first(scores, ids):
     return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
 
 
+def _row_scores(rows, positions, Q):
+    """``<rows[positions[q, j]], Q[q]>`` recomputed one row at a time (kernels.topk.rows_dot):
+    the returned scores then depend on the row and the query only, not on the shape of the
+    product that found them (BLAS rounds by its blocking), so an index over a shard of W
+    (lutengine.dask.ShardedMipsIndex) returns the same bits as one over all of W."""
+    out = np.empty(positions.shape, dtype=np.float32)
+    kernel = topk.rows_dot_parallel if numba.get_num_threads() > 1 else topk.rows_dot_serial
+    kernel(rows, positions, Q, out)
+    return out
+
+
 def brute_search(rows, Q, k):
     """Exact top-k by full products; returns (positions, scores), best first."""
     nq, N = Q.shape[0], rows.shape[0]
@@ -152,7 +163,9 @@ class MipsIndex:
 
     def search(self, Q, k, largest=True, device="cpu"):
         """The k best rows for each query: ``(ids (nq, k) int64, scores (nq, k) float32)``,
-        best first. ``largest=False`` gives the k smallest ⟨w_i, x⟩ (+ b_i) instead
+        best first, equal scores by smaller id; the scores are recomputed row by row, so
+        they do not depend on how W was split. ``largest=False`` gives the k smallest
+        ⟨w_i, x⟩ (+ b_i) instead
         (scores are then negated: the search runs on −x). ``device``: "cpu", "cuda"
         (method "h2alsh" only; NumPy or device-array Q, the results where Q was) or "auto"
         (cuda for a device array or when a GPU is present; see :mod:`lutengine._cuda`)."""
@@ -172,7 +185,7 @@ class MipsIndex:
             state = {key: getattr(self, "h2alsh_" + key) for key in h2alsh.STATE_KEYS}
             positions, scores = h2alsh.search(state, self.rows_, self.norms_, Q, k,
                                               numba.get_num_threads())
-        return self.order_[positions], scores
+        return _sorted_best_first(_row_scores(self.rows_, positions, Q), self.order_[positions])
 
     def _host_queries(self, Q, largest):
         """Q validated, with the bias column's 1 and negated for ``largest=False``."""
