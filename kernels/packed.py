@@ -142,18 +142,12 @@ def _encode_packed_rows(X, split_dims, levels, packed, start, stop, columns_cont
     return np.int64(sum_f32x8(poison) != 0.0)
 
 
-@njit(**INLINE)
-def _encode_scratch(C, block_rows):
-    """Split values of one chunk gathered, and the trees' level tables."""
-    return np.empty((C, 4, block_rows), dtype=np.float32)
-
-
 @njit(**JIT)
 def encode_tree_packed_serial(X, split_dims, thresholds, packed, block_rows, columns_contiguous,
                               nworkers):
     """Serial twin of :func:`encode_tree_packed_parallel` (``nworkers`` is ignored)."""
     levels = _level_tables(thresholds)
-    values = _encode_scratch(split_dims.shape[0], block_rows)
+    values = np.empty((split_dims.shape[0], 4, block_rows), np.float32)
     nonfinite = np.int64(0)
     for start in range(0, X.shape[0], block_rows):
         stop = min(start + block_rows, X.shape[0])
@@ -175,7 +169,7 @@ def encode_tree_packed_parallel(X, split_dims, thresholds, packed, block_rows,
     nworkers = max(1, min(nworkers, nchunks))
     counts = np.zeros(nworkers, dtype=np.int64)
     for w in prange(nworkers):
-        values = _encode_scratch(split_dims.shape[0], block_rows)
+        values = np.empty((split_dims.shape[0], 4, block_rows), np.float32)
         for chunk in range(w, nchunks, nworkers):
             start = chunk * block_rows
             stop = min(start + block_rows, X.shape[0])
@@ -234,13 +228,6 @@ def _tree(size, packed, tables, code_at, table_at):
     if size == 2:
         return _pair(packed, tables, code_at, table_at)
     return _single(packed, tables, code_at, table_at)
-
-
-@njit(**INLINE)
-def _add_average(low, high, average, size):
-    """(low, high) += size · average, widened to uint16 (rows 0–15, 16–31)."""
-    return (add_scaled_u16x16(low, widen_low(average), size),
-            add_scaled_u16x16(high, widen_high(average), size))
 
 
 @njit(**INLINE)

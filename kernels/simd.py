@@ -123,20 +123,22 @@ i32x8 = VectorType("i", 32, 8)
 f32x8 = VectorType("f", 32, 8)
 
 
+def _llvm_vector(vector):
+    """The LLVM type of a :class:`VectorType`."""
+    element = ir.FloatType() if vector.kind == "f" else ir.IntType(vector.bits)
+    return ir.VectorType(element, vector.lanes)
+
+
 @register_model(VectorType)
 class _VectorModel(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
-        element = ir.FloatType() if fe_type.kind == "f" else ir.IntType(fe_type.bits)
-        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
+        super().__init__(dmm, fe_type, _llvm_vector(fe_type))
 
 
 _I8 = ir.IntType(8)
 _I16 = ir.IntType(16)
 _I32 = ir.IntType(32)
-_V8 = ir.VectorType(_I8, 32)
-_V16 = ir.VectorType(_I16, 16)
-_VI32 = ir.VectorType(_I32, 8)
-_VF32 = ir.VectorType(ir.FloatType(), 8)
+_V8, _V16, _VI32, _VF32 = (_llvm_vector(v) for v in (u8x32, u16x16, i32x8, f32x8))
 
 
 def _splat(vector_type, value):
@@ -164,27 +166,41 @@ def _x86_call(builder, name, vector_type, args):
 
 # -- intrinsics --------------------------------------------------------------------------
 
-@intrinsic
-def load_u8x32(typingctx, arr, start):
-    if not (_is_array_of(arr, types.uint8) and isinstance(start, types.Integer)):
-        return None
+def _vector_load(name, dtype, vector):
+    """The typer of intrinsic ``name(arr, start) -> vector``: ``vector.lanes`` elements of a
+    C-contiguous ``dtype`` array from flat element ``start`` (unaligned)."""
+    def typer(typingctx, arr, start):
+        if not (_is_array_of(arr, dtype) and isinstance(start, types.Integer)):
+            return None
 
-    def codegen(context, builder, sig, args):
-        return builder.load(_element_pointer(context, builder, arr, args[0], args[1], _V8),
-                            align=1)
-    return u8x32(arr, types.intp), codegen
+        def codegen(context, builder, sig, args):
+            return builder.load(_element_pointer(context, builder, arr, args[0], args[1],
+                                                 _llvm_vector(vector)), align=1)
+        return vector(arr, types.intp), codegen
+    typer.__name__ = typer.__qualname__ = name
+    return typer
 
 
-@intrinsic
-def store_u8x32(typingctx, arr, start, v):
-    if not (_is_array_of(arr, types.uint8) and isinstance(start, types.Integer) and v == u8x32):
-        return None
+def _vector_store(name, dtype, vector):
+    """The typer of intrinsic ``name(arr, start, v)``: writes ``v`` to ``vector.lanes`` elements of a
+    C-contiguous ``dtype`` array from flat element ``start`` (unaligned)."""
+    def typer(typingctx, arr, start, v):
+        if not (_is_array_of(arr, dtype) and isinstance(start, types.Integer) and v == vector):
+            return None
 
-    def codegen(context, builder, sig, args):
-        builder.store(args[2], _element_pointer(context, builder, arr, args[0], args[1], _V8),
-                      align=1)
-        return context.get_dummy_value()
-    return types.void(arr, types.intp, u8x32), codegen
+        def codegen(context, builder, sig, args):
+            builder.store(args[2], _element_pointer(context, builder, arr, args[0], args[1],
+                                                    _llvm_vector(vector)), align=1)
+            return context.get_dummy_value()
+        return types.void(arr, types.intp, vector), codegen
+    typer.__name__ = typer.__qualname__ = name
+    return typer
+
+
+load_u8x32 = intrinsic(_vector_load("load_u8x32", types.uint8, u8x32))
+store_u8x32 = intrinsic(_vector_store("store_u8x32", types.uint8, u8x32))
+store_u16x16 = intrinsic(_vector_store("store_u16x16", types.uint16, u16x16))
+load_f32x8 = intrinsic(_vector_load("load_f32x8", types.float32, f32x8))
 
 
 @intrinsic
@@ -287,19 +303,6 @@ def add_scaled_u16x16(typingctx, acc, v, weight):
 
 
 @intrinsic
-def store_u16x16(typingctx, arr, start, v):
-    if not (_is_array_of(arr, types.uint16) and isinstance(start, types.Integer)
-            and v == u16x16):
-        return None
-
-    def codegen(context, builder, sig, args):
-        builder.store(args[2], _element_pointer(context, builder, arr, args[0], args[1], _V16),
-                      align=1)
-        return context.get_dummy_value()
-    return types.void(arr, types.intp, u16x16), codegen
-
-
-@intrinsic
 def store_dequantized(typingctx, arr, start, v, inv_scale, shift):
     if not (_is_array_of(arr, types.float32) and isinstance(start, types.Integer)
             and v in (u8x32, u16x16) and inv_scale == shift == types.float32):
@@ -319,17 +322,6 @@ def store_dequantized(typingctx, arr, start, v, inv_scale, shift):
 
 
 # -- tree encoding (MADDNESS §4.1, maddness.md §2.2): 8 rows per f32x8 / i32x8 ---------
-
-@intrinsic
-def load_f32x8(typingctx, arr, start):
-    if not (_is_array_of(arr, types.float32) and isinstance(start, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.load(_element_pointer(context, builder, arr, args[0], args[1], _VF32),
-                            align=1)
-    return f32x8(arr, types.intp), codegen
-
 
 @intrinsic
 def zeros_f32x8(typingctx):
