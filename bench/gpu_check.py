@@ -1,11 +1,12 @@
-"""One prepared GPU check (issue 5): the CUDA tests without the simulator, then timings of
-the CUDA path against torch.matmul / CuPy and a brute GEMM + topk.
+"""One prepared GPU check: the CUDA tests without the simulator, then timings of the CUDA
+path against torch.matmul / CuPy and a brute GEMM + topk.
 
     python bench/gpu_check.py --out DIR      # on a GPU machine (numba-cuda, CuPy, PyTorch)
     python bench/gpu_check.py --out DIR --smoke   # tiny sizes; runs on the simulator too
 
-Writes DIR/gpu_check.json and prints a table headed by the GPU's name. Not collected by
-pytest (its name does not start with test_); tests/cuda/test_gpu_check.py tests it.
+Writes DIR/gpu_check.json and prints a table headed by the GPU's name; exits non-zero when
+the CUDA tests fail (the timings are still written). Not collected by pytest (its name does
+not start with test_); tests/cuda/test_gpu_check.py tests it.
 """
 
 import argparse
@@ -100,8 +101,8 @@ def measure(sizes):
                 A = cuda.to_device(rng.standard_normal((N, D)).astype(np.float32))
                 codes = est.transform(A, device="cuda")
                 _, _, luts_q = _cuda._device_state(est, _cuda._LUT_STATE)
-                dequantization = _dispatch.dequantization(est.lut_scale_, C, est._lut_offset(),
-                                                          est.bias_)
+                dequantization = _dispatch.dequantization(
+                    est.lut_scale_, est.lut_offsets_.sum(axis=0, dtype=np.float64), est.bias_)
                 timings = {
                     "encode": lambda: est.transform(A, device="cuda"),
                     "scan": lambda: _cuda.scan_average(codes, luts_q, dequantization),
@@ -158,6 +159,8 @@ def gpu_name():
 
 
 def main(argv=None):
+    """Returns the exit status: the CUDA tests' return code (0 with --smoke, which skips
+    them)."""
     args = parse_args(argv)
     report = {"gpu": gpu_name(), "smoke": args.smoke}
     if not args.smoke:
@@ -167,8 +170,10 @@ def main(argv=None):
     print(format_table(report["gpu"], report["rows"]))
     if "tests_returncode" in report:
         print(f"\ntests/cuda on the GPU: return code {report['tests_returncode']}")
+        if report["tests_returncode"] != 0:
+            print(report["tests_output"])
     print(f"written: {path}")
-    return 0
+    return report.get("tests_returncode", 0)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""4-bit product-quantisation fast scan for maximum inner product search (simd.md; the
-"fast scan" of FAISS ``IndexPQFastScan`` and ScaNN, peers.md §4).
+"""4-bit product-quantisation fast scan for maximum inner product search (the "fast scan"
+of FAISS ``IndexPQFastScan``, André et al. VLDB'15, and of ScaNN, Guo et al. ICML'20). No
+bounds are checked here: a state read from a file is checked by
+``lutengine.fastscan.check_state`` first.
 
 Database rows are PQ codes in the packed layout of :mod:`kernels.packed`:
 ``packed[nblocks, npairs, 32]`` uint8, byte ``[b, j, i]`` = row ``32 b + i`` with codebook
@@ -17,7 +19,7 @@ Per query:
 2. ``fastscan_scan_*``: the uint16 score ``Σ_c qtables[c, code_c]`` of every row: the
    tables broadcast to both lanes, ``vpshufb`` looks up 32 rows at once, and the bytes
    are summed exactly in uint16 (FAISS's accumulation: the looked-up bytes read as words,
-   and their high bytes, see :func:`_store_rows`; no averaging). ``*_plain_*`` is the
+   and their high bytes, see :func:`kernels.simd.add_words`; no averaging). ``*_plain_*`` is the
    same integer sum as an ordinary loop (the fallback without AVX2, and the oracle).
 3. ``fastscan_search_*``: the rows are the directions u = w / ‖w‖ of the items, so the
    approximate inner product of a row is ``a = ‖w‖ · (score / scale + offset)``. Fused
@@ -40,78 +42,17 @@ queries over ``nworkers`` workers, each with its own scratch.
 """
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from ._flags import INLINE, JIT, PJIT
-from .simd import (_element_pointer, _is_array_of, _lanes, _splat, high_nibbles, load_table16,
-                   load_u8x32, lookup_u8x32, low_nibbles, u8x32, u16x16, zeros_u16x16)
+from .simd import (add_high_bytes, add_words, high_nibbles, load_table16, load_u8x32,
+                   lookup_u8x32, low_nibbles, row_sums_high, row_sums_low, store_u16x16,
+                   zeros_u16x16)
 
 #: rows per packed block
 BLOCK = 32
 #: histogram bins: every 16-bit key
 HIST_BINS = 1 << 16
-
-
-# -- two more register operations (AVX2 code: called only where kernels.simd.has_avx2) ----
-#
-# The 32 looked-up bytes of a block, read as 16 uint16 (little-endian), hold row 2l in the
-# low byte and row 2l + 1 in the high byte of element l. Accumulating those words and,
-# separately, their high bytes gives both rows' sums in 2 additions and 1 shift per
-# lookup (instead of zero-extending both halves): the high-byte sum is the odd rows',
-# and the word sum minus 256 times it is the even rows' (exact modulo 2**16, and the
-# sums are below 2**16) -- the accumulation of FAISS's fast scan.
-
-_V16 = ir.VectorType(ir.IntType(16), 16)
-
-
-@intrinsic
-def _add_words(typingctx, acc, v):
-    """``acc + v`` with the u8x32 v read as 16 little-endian uint16 words (wrapping)."""
-    if not (acc == u16x16 and v == u8x32):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.add(args[0], builder.bitcast(args[1], _V16))
-    return u16x16(u16x16, u8x32), codegen
-
-
-@intrinsic
-def _add_high_bytes(typingctx, acc, v):
-    """``acc + (word >> 8)`` for the 16 words of v: the sum of its odd bytes."""
-    if not (acc == u16x16 and v == u8x32):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.add(args[0], builder.lshr(builder.bitcast(args[1], _V16),
-                                                 _splat(_V16, 8)))
-    return u16x16(u16x16, u8x32), codegen
-
-
-@intrinsic
-def _store_rows(typingctx, arr, start, words, odd):
-    """Store the 32 row sums of a block in row order to uint16 ``arr.flat[start:start+32]``
-    from the word sums and odd-byte sums: row 2l is ``words[l] - 256 · odd[l]``, row 2l + 1
-    is ``odd[l]``."""
-    if not (_is_array_of(arr, types.uint16) and isinstance(start, types.Integer)
-            and words == u16x16 and odd == u16x16):
-        return None
-
-    def codegen(context, builder, sig, args):
-        array, first, total, high = args
-        even = builder.sub(total, builder.shl(high, _splat(_V16, 8)))
-        low_rows = builder.shuffle_vector(even, high, _lanes([i // 2 + 16 * (i % 2)
-                                                              for i in range(16)]))
-        high_rows = builder.shuffle_vector(even, high, _lanes([8 + i // 2 + 16 * (i % 2)
-                                                               for i in range(16)]))
-        builder.store(low_rows, _element_pointer(context, builder, arr, array, first, _V16),
-                      align=1)
-        second = builder.add(first, ir.Constant(first.type, 16))
-        builder.store(high_rows, _element_pointer(context, builder, arr, array, second, _V16),
-                      align=1)
-        return context.get_dummy_value()
-    return types.void(arr, types.intp, u16x16, u16x16), codegen
 
 
 # -- query tables ------------------------------------------------------------------------
@@ -264,9 +205,10 @@ def _scan_simd(packed, qtable, nrows, scores, keys, offset, scale, norms, block_
             codes = load_u8x32(packed, code_at + j * BLOCK)
             first = lookup_u8x32(load_table16(qtable, 32 * j), low_nibbles(codes))
             second = lookup_u8x32(load_table16(qtable, 32 * j + 16), high_nibbles(codes))
-            words = _add_words(_add_words(words, first), second)
-            odd_rows = _add_high_bytes(_add_high_bytes(odd_rows, first), second)
-        _store_rows(scores, b * BLOCK, words, odd_rows)
+            words = add_words(add_words(words, first), second)
+            odd_rows = add_high_bytes(add_high_bytes(odd_rows, first), second)
+        store_u16x16(scores, b * BLOCK, row_sums_low(words, odd_rows))
+        store_u16x16(scores, b * BLOCK + 16, row_sums_high(words, odd_rows))
         if keys:
             _key_block(scores, b, nrows, norms, inv_scale, offset, lo, kscale, block_max,
                        block_hist)

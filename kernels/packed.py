@@ -1,4 +1,5 @@
-"""MADDNESS in the reference's packed layout, scanned with ``vpshufb`` (maddness.md §5).
+"""MADDNESS in the reference's packed layout, scanned with ``vpshufb`` (Blalock & Guttag
+2021, §4.2 and its reference implementation's layout).
 
 Packed codes: ``packed[nblocks, npairs, 32]`` uint8 with ``nblocks = ceil(N / 32)`` and
 ``npairs = ceil(C / 2)``; byte ``packed[b, j, i]`` holds row ``32 b + i``: codebook ``2 j`` in
@@ -6,27 +7,27 @@ its low nibble, codebook ``2 j + 1`` in its high nibble. Rows past N and the hig
 the last pair when C is odd are 0. So one 32-byte load gives two codebooks of 32 rows.
 
 ``encode_tree_packed_*`` writes that layout straight from X (same trees as
-:mod:`kernels.encode`, C- or F-ordered X). ``scan_average_packed_*`` is the averaged scan
+:mod:`kernels.encode`, C- or F-ordered X). ``scan_average_packed_*`` is the quantised scan
 of :mod:`kernels.scan` on it, with the same integers: the tables of output ``m`` are
-broadcast to both lanes, ``vpshufb`` looks up 32 rows at once, ``vpavgb`` builds the same
-rounded-average tree inside each group (every group starts at an even codebook, so a
-group's pairs are whole bytes), and the groups are summed in uint16 weighted by their size.
+broadcast to both lanes, ``vpshufb`` looks up 32 rows at once, and the looked-up bytes are
+summed exactly in uint16 with FAISS's fast-scan accumulation (:func:`kernels.simd.add_words`:
+2 additions and a shift per lookup; an odd C reads a zero table for the missing codebook).
 Four outputs go per pass over a chunk of blocks, sharing each load of codes; their sums are
-dequantised with the same float32 expression straight from registers into the result's
-columns: the scan writes ``out_t[M, N]``, the transposed (F-ordered) result, as MADDNESS's
-reference writes its output, so no transpose of 16-bit sums is needed. These kernels need
-AVX2 (:func:`kernels.simd.has_avx2`); the dispatcher never calls them elsewhere.
+dequantised with each output's own ``inv_scale[m]`` and ``out_shift[m]``, the float32
+multiply-add of :mod:`kernels.scan`, straight from registers into the result's columns: the
+scan writes ``out_t[M, N]``, the transposed (F-ordered) result, as MADDNESS's reference
+writes its output, so no transpose of 16-bit sums is needed. These kernels need AVX2
+(:func:`kernels.simd.has_avx2`); the dispatcher never calls them elsewhere.
 """
 
 import numpy as np
 from numba import njit, prange
 
 from ._flags import INLINE, JIT, PJIT
-from .simd import (add_scaled_u16x16, add_times_zero, average_u8x32, high_nibbles, load_f32x8,
+from .simd import (add_high_bytes, add_times_zero, add_words, high_nibbles, load_f32x8,
                    load_table16, load_u8x32, lookup_u8x32, low_nibbles, narrow_u8x32,
-                   pack_nibbles, store_dequantized, store_u8x32, sum_f32x8,
-                   tree_step, widen_high, widen_low, zeros_f32x8, zeros_i32x8, zeros_u16x16,
-                   zeros_u8x32)
+                   pack_nibbles, row_sums_high, row_sums_low, store_dequantized, store_u8x32,
+                   sum_f32x8, tree_step, zeros_f32x8, zeros_i32x8, zeros_u16x16, zeros_u8x32)
 
 #: rows per packed block: one 32-byte vector
 BLOCK = 32
@@ -180,195 +181,77 @@ def encode_tree_packed_parallel(X, split_dims, thresholds, packed, block_rows,
 
 # -- scan --------------------------------------------------------------------------------
 
-# The trees below read the codes of codebooks c, c + 1, ... of one block from ``code_at``
-# (32 bytes per pair) and one output's tables of the same codebooks from ``table_at`` (16
-# bytes per codebook); offsets grow by constants, which LLVM folds into the addresses.
-
 @njit(**INLINE)
-def _pair(packed, tables, code_at, table_at):
-    """Rounded average of two codebooks (one packed pair) for 32 rows."""
+def _add_pair(sums, packed, tables, code_at, table_at):
+    """``sums`` (word sums, odd-byte sums; :func:`kernels.simd.add_words`) plus the table
+    entries of one packed pair of codebooks for 32 rows: ``code_at`` is the pair's 32 code
+    bytes, ``table_at`` the first codebook's 16 entries (the second's follow)."""
     codes = load_u8x32(packed, code_at)
     low = lookup_u8x32(load_table16(tables, table_at), low_nibbles(codes))
     high = lookup_u8x32(load_table16(tables, table_at + 16), high_nibbles(codes))
-    return average_u8x32(low, high)
+    words, odd = sums
+    return (add_words(add_words(words, low), high),
+            add_high_bytes(add_high_bytes(odd, low), high))
 
 
 @njit(**INLINE)
-def _single(packed, tables, code_at, table_at):
-    return lookup_u8x32(load_table16(tables, table_at), low_nibbles(load_u8x32(packed, code_at)))
+def _accumulate_block(packed, tables, b, outputs):
+    """Exact uint16 sums Σ_c T[c, code, m] of the 32 rows of block b for the four ``outputs``
+    (m0, m1, m2, m3), each as (word sums, odd-byte sums). The four share each load of codes;
+    with no branch in the loop, LLVM keeps the eight accumulators in registers."""
+    m0, m1, m2, m3 = outputs
+    zero = zeros_u16x16()
+    s0 = s1 = s2 = s3 = (zero, zero)
+    npairs = packed.shape[1]
+    span = tables.shape[1] * 16  # one output's tables
+    for j in range(npairs):
+        code_at = (b * npairs + j) * BLOCK
+        s0 = _add_pair(s0, packed, tables, code_at, m0 * span + 32 * j)
+        s1 = _add_pair(s1, packed, tables, code_at, m1 * span + 32 * j)
+        s2 = _add_pair(s2, packed, tables, code_at, m2 * span + 32 * j)
+        s3 = _add_pair(s3, packed, tables, code_at, m3 * span + 32 * j)
+    return s0, s1, s2, s3
 
 
 @njit(**INLINE)
-def _quad(packed, tables, code_at, table_at):
-    return average_u8x32(_pair(packed, tables, code_at, table_at),
-                         _pair(packed, tables, code_at + BLOCK, table_at + 32))
+def _store_block(out, at, sums, inv_scale, shift):
+    """The dequantised sums of one block of one output into ``out[at : at + 32]``."""
+    words, odd = sums
+    store_dequantized(out, at, row_sums_low(words, odd), inv_scale, shift)
+    store_dequantized(out, at + 16, row_sums_high(words, odd), inv_scale, shift)
 
 
 @njit(**INLINE)
-def _octet(packed, tables, code_at, table_at):
-    return average_u8x32(_quad(packed, tables, code_at, table_at),
-                         _quad(packed, tables, code_at + 2 * BLOCK, table_at + 64))
-
-
-@njit(**INLINE)
-def _sixteen(packed, tables, code_at, table_at):
-    return average_u8x32(_octet(packed, tables, code_at, table_at),
-                         _octet(packed, tables, code_at + 4 * BLOCK, table_at + 128))
-
-
-@njit(**INLINE)
-def _tree(size, packed, tables, code_at, table_at):
-    """The rounded-average tree of a group of ``size`` codebooks (16, 8, 4, 2 or 1)."""
-    if size == 16:
-        return _sixteen(packed, tables, code_at, table_at)
-    if size == 8:
-        return _octet(packed, tables, code_at, table_at)
-    if size == 4:
-        return _quad(packed, tables, code_at, table_at)
-    if size == 2:
-        return _pair(packed, tables, code_at, table_at)
-    return _single(packed, tables, code_at, table_at)
-
-
-@njit(**INLINE)
-def _group_averages(packed, tables, c0, size, b, m0, m1, m2, m3):
-    """The rounded-average trees (u8x32) of the group of ``size`` codebooks from c0 for the
-    32 rows of block b and four outputs. Computed side by side, so LLVM loads and unpacks
-    each 32 bytes of codes once for all four."""
-    code_at = (b * packed.shape[1] + (c0 >> 1)) * BLOCK  # every group starts at an even c0
-    C = tables.shape[1]
-    return (_tree(size, packed, tables, code_at, (m0 * C + c0) * 16),
-            _tree(size, packed, tables, code_at, (m1 * C + c0) * 16),
-            _tree(size, packed, tables, code_at, (m2 * C + c0) * 16),
-            _tree(size, packed, tables, code_at, (m3 * C + c0) * 16))
-
-
-@njit(**INLINE)
-def _add_average(low, high, average, size):
-    """(low, high) += size · average, widened to uint16 (rows 0–15, 16–31)."""
-    return (add_scaled_u16x16(low, widen_low(average), size),
-            add_scaled_u16x16(high, widen_high(average), size))
-
-
-@njit(**INLINE)
-def _accumulate_block(packed, tables, group_starts, group_sizes, b, m0, m1, m2, m3):
-    """uint16 Σ_groups size · (group average) for block b and four outputs, as (low, high)
-    u16x16 pairs (rows 0–15, 16–31)."""
-    low0 = high0 = low1 = high1 = low2 = high2 = low3 = high3 = zeros_u16x16()
-    for g in range(group_starts.shape[0]):
-        size = group_sizes[g]
-        a0, a1, a2, a3 = _group_averages(packed, tables, group_starts[g], size, b, m0, m1, m2,
-                                         m3)
-        low0, high0 = _add_average(low0, high0, a0, size)
-        low1, high1 = _add_average(low1, high1, a1, size)
-        low2, high2 = _add_average(low2, high2, a2, size)
-        low3, high3 = _add_average(low3, high3, a3, size)
-    return low0, high0, low1, high1, low2, high2, low3, high3
-
-
-@njit(**INLINE)
-def _store_tail(out, at, nrows, parts, inv_scale, shift, tail):
-    """The last, partial block of one output: its dequantised ``parts`` (a u8x32 average,
-    or the uint16 sums of rows 0–15 and 16–31) go through the float32 scratch ``tail``, and
-    its first nrows values into ``out[at:]``."""
-    start = 0
-    for part in parts:
-        store_dequantized(tail, start, part, inv_scale, shift)
-        start += BLOCK // len(parts)
-    for i in range(nrows):
-        out[at + i] = tail[i]
-
-
-@njit(**INLINE)
-def _single_group_blocks(tree, packed, tables, out, tail, where):
-    """Blocks first..stop-1 of four outputs when all C codebooks form one group (C ≤ 16, a
-    power of two), ``tree`` its averaging function above: the group's size s is folded into
-    ``scale`` = s · inv_scale (a power of two: ``float32(s · avg) · inv_scale ==
-    float32(avg) · scale`` exactly), so the uint8 averages are dequantised directly. With
-    ``tree`` fixed for the loop, LLVM keeps it free of branches."""
-    m0, m1, m2, m3, N, first, stop, scale, s0, s1, s2, s3 = where
-    C = tables.shape[1]
-    whole = min(stop, N // BLOCK)  # blocks with 32 rows
-    for b in range(first, whole):
-        code_at = b * packed.shape[1] * BLOCK
-        store_dequantized(out, m0 * N + b * BLOCK, tree(packed, tables, code_at, m0 * C * 16),
-                          scale, s0)
-        store_dequantized(out, m1 * N + b * BLOCK, tree(packed, tables, code_at, m1 * C * 16),
-                          scale, s1)
-        store_dequantized(out, m2 * N + b * BLOCK, tree(packed, tables, code_at, m2 * C * 16),
-                          scale, s2)
-        store_dequantized(out, m3 * N + b * BLOCK, tree(packed, tables, code_at, m3 * C * 16),
-                          scale, s3)
-    if whole < stop:
-        code_at = whole * packed.shape[1] * BLOCK
-        row0 = whole * BLOCK
-        for m, shift in ((m0, s0), (m1, s1), (m2, s2), (m3, s3)):
-            _store_tail(out, m * N + row0, N - row0,
-                        (tree(packed, tables, code_at, m * C * 16),), scale, shift, tail)
-
-
-@njit(**INLINE)
-def _multi_group_blocks(packed, tables, group_starts, group_sizes, out, tail, where):
-    """Blocks first..stop-1 of four outputs when the codebooks form several groups: their
-    uint16 sums (:func:`_accumulate_block`) dequantised."""
-    m0, m1, m2, m3, N, first, stop, inv_scale, s0, s1, s2, s3 = where
-    whole = min(stop, N // BLOCK)
-    for b in range(first, whole):
-        low0, high0, low1, high1, low2, high2, low3, high3 = _accumulate_block(
-            packed, tables, group_starts, group_sizes, b, m0, m1, m2, m3)
-        row0 = b * BLOCK
-        store_dequantized(out, m0 * N + row0, low0, inv_scale, s0)
-        store_dequantized(out, m0 * N + row0 + 16, high0, inv_scale, s0)
-        store_dequantized(out, m1 * N + row0, low1, inv_scale, s1)
-        store_dequantized(out, m1 * N + row0 + 16, high1, inv_scale, s1)
-        store_dequantized(out, m2 * N + row0, low2, inv_scale, s2)
-        store_dequantized(out, m2 * N + row0 + 16, high2, inv_scale, s2)
-        store_dequantized(out, m3 * N + row0, low3, inv_scale, s3)
-        store_dequantized(out, m3 * N + row0 + 16, high3, inv_scale, s3)
-    if whole < stop:
-        low0, high0, low1, high1, low2, high2, low3, high3 = _accumulate_block(
-            packed, tables, group_starts, group_sizes, whole, m0, m1, m2, m3)
-        row0 = whole * BLOCK
-        for m, shift, parts in ((m0, s0, (low0, high0)), (m1, s1, (low1, high1)),
-                                (m2, s2, (low2, high2)), (m3, s3, (low3, high3))):
-            _store_tail(out, m * N + row0, N - row0, parts, inv_scale, shift, tail)
-
-
-@njit(**INLINE)
-def _scan_packed_blocks(packed, tables, group_starts, group_sizes, inv_scale, out_shift,
-                        out_t, first, stop, tail):
+def _scan_packed_blocks(packed, tables, inv_scale, out_shift, out_t, first, stop, tail):
     """Packed blocks first..stop-1 into their columns of ``out_t[M, N]`` (the result,
     transposed), dequantised straight from registers with the multiply-add of
     kernels/scan.py. Outputs are the outer loop, four per pass, so their tables stay in L1
-    across the blocks."""
+    across the blocks; the last, partial block goes through the scratch ``tail``."""
     M, N = out_t.shape
     out = out_t.reshape(M * N)
-    size = group_sizes[0]
-    for m in range(0, M, 4):
+    whole = min(stop, N // BLOCK)  # blocks with 32 rows
+    for m0 in range(0, M, 4):
         # M not a multiple of 4: the last output computed and written more than once
-        m1, m2, m3 = min(m + 1, M - 1), min(m + 2, M - 1), min(m + 3, M - 1)
-        shifts = out_shift[m], out_shift[m1], out_shift[m2], out_shift[m3]
-        if group_starts.shape[0] > 1:
-            _multi_group_blocks(packed, tables, group_starts, group_sizes, out, tail,
-                                (m, m1, m2, m3, N, first, stop, inv_scale, *shifts))
-            continue
-        where = (m, m1, m2, m3, N, first, stop, inv_scale * np.float32(size), *shifts)
-        if size == 16:
-            _single_group_blocks(_sixteen, packed, tables, out, tail, where)
-        elif size == 8:
-            _single_group_blocks(_octet, packed, tables, out, tail, where)
-        elif size == 4:
-            _single_group_blocks(_quad, packed, tables, out, tail, where)
-        elif size == 2:
-            _single_group_blocks(_pair, packed, tables, out, tail, where)
-        else:
-            _single_group_blocks(_single, packed, tables, out, tail, where)
+        outputs = (m0, min(m0 + 1, M - 1), min(m0 + 2, M - 1), min(m0 + 3, M - 1))
+        for b in range(first, whole):
+            sums = _accumulate_block(packed, tables, b, outputs)
+            for m, s in zip(outputs, sums):
+                _store_block(out, m * N + b * BLOCK, s, inv_scale[m], out_shift[m])
+        if whole < stop:
+            sums = _accumulate_block(packed, tables, whole, outputs)
+            for m, s in zip(outputs, sums):
+                _store_block(tail, 0, s, inv_scale[m], out_shift[m])
+                out[m * N + whole * BLOCK:(m + 1) * N] = tail[:N - whole * BLOCK]
 
 
 @njit(**INLINE)
 def _output_tables(luts):
-    """``tables[m, c, :]``: the 16 entries of codebook c for output m, contiguous."""
-    return np.ascontiguousarray(luts.transpose(2, 0, 1))
+    """``tables[m, c, :]``: the 16 entries of codebook c for output m, contiguous; C padded
+    to whole pairs with a zero table (the packed codes' missing high nibble reads it)."""
+    C, K, M = luts.shape
+    tables = np.zeros((M, C + C % 2, K), np.uint8)
+    tables[:, :C, :] = luts.transpose(2, 0, 1)
+    return tables
 
 
 @njit(**INLINE)
@@ -379,8 +262,7 @@ def _chunk_blocks(chunk, nchunks, nblocks):
 
 
 @njit(**JIT)
-def scan_average_packed_serial(packed, luts, group_starts, group_sizes, inv_scale, out_shift,
-                               out_t, block_rows, nworkers):
+def scan_average_packed_serial(packed, luts, inv_scale, out_shift, out_t, block_rows, nworkers):
     """Serial twin of :func:`scan_average_packed_parallel` (``nworkers`` is ignored)."""
     tables = _output_tables(luts)
     nblocks = packed.shape[0]
@@ -388,14 +270,13 @@ def scan_average_packed_serial(packed, luts, group_starts, group_sizes, inv_scal
     tail = np.empty(BLOCK, np.float32)
     for chunk in range(nchunks):
         first, stop = _chunk_blocks(chunk, nchunks, nblocks)
-        _scan_packed_blocks(packed, tables, group_starts, group_sizes, inv_scale, out_shift,
-                            out_t, first, stop, tail)
+        _scan_packed_blocks(packed, tables, inv_scale, out_shift, out_t, first, stop, tail)
 
 
 @njit(**PJIT)
-def scan_average_packed_parallel(packed, luts, group_starts, group_sizes, inv_scale, out_shift,
-                                 out_t, block_rows, nworkers):
-    """Averaged MADDNESS scan of packed codes with uint8 ``luts[C, 16, M]`` into the
+def scan_average_packed_parallel(packed, luts, inv_scale, out_shift, out_t, block_rows,
+                                 nworkers):
+    """Quantised MADDNESS scan of packed codes with uint8 ``luts[C, 16, M]`` into the
     transposed result ``out_t[M, N]`` (float32), equal bit for bit to
     :func:`kernels.scan.scan_average_parallel` on the unpacked codes. The blocks are split
     into equal chunks of about ``block_rows`` rows, as many per worker (``nworkers``)."""
@@ -408,5 +289,5 @@ def scan_average_packed_parallel(packed, luts, group_starts, group_sizes, inv_sc
         tail = np.empty(BLOCK, np.float32)  # once per worker
         for chunk in range(w * per_worker, (w + 1) * per_worker):
             first, stop = _chunk_blocks(chunk, nchunks, nblocks)
-            _scan_packed_blocks(packed, tables, group_starts, group_sizes, inv_scale,
-                                out_shift, out_t, first, stop, tail)
+            _scan_packed_blocks(packed, tables, inv_scale, out_shift, out_t, first, stop,
+                                tail)

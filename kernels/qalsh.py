@@ -1,7 +1,9 @@
 """H2-ALSH queries: norm rings visited by decreasing max norm, QALSH inside indexed rings.
 
-Restates h2alsh.md §2.6 (ring loop, early stops) and §3.4 (QALSH collision counting with
-virtual rehashing). The index is flat arrays built by ``lutengine.h2alsh.build``:
+The ring loop with its early stops (H2-ALSH, Huang et al. KDD'18) and, in indexed rings,
+QALSH collision counting with virtual rehashing (Huang et al. VLDB'15). The index is flat
+arrays built by ``lutengine.h2alsh.build`` (no bounds are checked here: an index read from
+a file is checked by ``lutengine.h2alsh.check_state`` first):
 
 * rows are sorted by norm, descending; ring ``g`` owns positions
   ``ring_bounds[g]:ring_bounds[g + 1]`` (``n_g`` rows, max norm ``norms[ring_bounds[g]]``);
@@ -11,12 +13,12 @@ virtual rehashing). The index is flat arrays built by ``lutengine.h2alsh.build``
   of the whole query batch as one matrix product (the (d+1)-th coordinate of Q_g(x) is 0);
   table ``j`` of the ring is ``keys/ids[key_off[g] + j*n_g : key_off[g] + (j+1)*n_g]``,
   keys ascending, ids local to the ring (0..n_g-1);
-* all QALSH geometry is in units of the global max norm ``scale`` (§2.8).
+* all QALSH geometry is in units of the global max norm ``scale``.
 
 Conventions: a row enters the top-k if its score is larger than the k-th, or equal with a
 smaller position (the ordering is total, so results do not depend on the visiting order of
 equal scores); pruning tests use ``<=`` (a row whose bound only ties the k-th is skipped:
-ties aside). A row becomes a candidate when it collides in ``>= l`` tables (§2.9), i.e. the
+ties aside). A row becomes a candidate when it collides in ``>= l`` tables, i.e. the
 moment its counter reaches ``l`` — counters grow by one and a table never shows an id twice,
 so this happens once per row and no separate "checked" flag is needed. Slots left empty
 (impossible when k <= N and the inputs are finite) hold position -1 and score -inf.
@@ -67,7 +69,7 @@ def _dot(W, i, x):
 
 @njit(**INLINE)
 def _half_range(Mg, lam, kth, scale, width):
-    """R·w/2 with R = sqrt(2(M_g² − λ·kth)) in scaled units (§2.6 step 4b); +inf while
+    """R·w/2 with R = sqrt(2(M_g² − λ·kth)) in scaled units (the range cap); +inf while
     the top list is not full."""
     if kth == -np.inf:
         return np.inf
@@ -91,7 +93,7 @@ def _median(values, n):
 def _search_ring(W, norms, x, xn, k, start, n, m, l, xkeys, p0, keys, ids, k0, scale, width, c0,
                  budget, scan_size, freq, touched, kq, left, right, active, exhausted, gaps,
                  top_s, top_p, count):
-    """QALSH on one indexed ring (§3.4): returns the new length of the top list."""
+    """QALSH on one indexed ring: returns the new length of the top list."""
     Mg = norms[start] / scale
     lam = Mg / xn
     # keys of Q_g(x) = [λx; 0]: λ times the batch projections of x
@@ -116,7 +118,7 @@ def _search_ring(W, norms, x, xn, k, start, n, m, l, xkeys, p0, keys, ids, k0, s
         if lo < n:
             gaps[ngaps] = keys[base + lo] - q
             ngaps += 1
-    # start radius from the median nearest gap (§3.6), on the grid c0^i
+    # start radius from the median nearest gap, on the grid c0^i
     g = _median(gaps, ngaps)
     if g > 0.0:
         radius = c0 ** np.ceil(np.log(2.0 * g / width) / np.log(c0))
@@ -189,7 +191,7 @@ def _search_ring(W, norms, x, xn, k, start, n, m, l, xkeys, p0, keys, ids, k0, s
 @njit(**JIT)
 def _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, query_keys, keys,
            ids, scale, width, c0, budget, scan_size, out_pos, out_scores, scratch):
-    """Top-k of one query over the rings (§2.6), written to row ``qi`` of the outputs."""
+    """Top-k of one query over the rings, written to row ``qi`` of the outputs."""
     x, freq, touched, kq, left, right, active, exhausted, gaps, top_s, top_p = scratch
     xn2 = 0.0
     for t in range(x.shape[0]):
@@ -271,7 +273,7 @@ def h2alsh_search_parallel(W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off
 
     ``query_keys`` (nq, total m) float32 holds Q · proj[:, :d]ᵀ. Writes positions (int64)
     and scores (float32) best first into ``out_pos[q]`` and ``out_scores[q]``.
-    ``budget`` = candidates + k − 1 per indexed ring (§3.4 T2); ``scan_size`` = entries
+    ``budget`` = candidates + k − 1 per indexed ring; ``scan_size`` = entries
     read per pointer per visit. Each of ``nworkers`` workers takes every ``nworkers``-th
     query with scratch of its own, allocated once: collision counters sized to the largest
     indexed ring, reset through the list of ids they touched.

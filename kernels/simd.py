@@ -1,10 +1,10 @@
 """AVX2 table-shuffle primitives for Numba kernels, and their plain-Numba twins.
 
-The fast-scan instruction of MADDNESS (Blalock & Guttag 2021, §4.2; maddness.md §4–§5) and
-of 4-bit PQ fast scan is ``vpshufb``: 32 lookups into a 16-byte table per 128-bit lane.
-Numba cannot emit it from Python, so the primitives below are ``numba.extending.intrinsic``
-functions that emit LLVM IR (``llvm.x86.avx2.pshuf.b``, ``llvm.x86.avx2.pavg.b``) and are
-called from ``@njit`` code only. See ``../shared/research/simd.md``.
+The fast-scan instruction of MADDNESS (Blalock & Guttag 2021, §4.2) and of 4-bit PQ fast
+scan (André et al. 2015; FAISS) is ``vpshufb``: 32 lookups into a 16-byte table per 128-bit
+lane. Numba cannot emit it from Python, so the primitives below are
+``numba.extending.intrinsic`` functions that emit LLVM IR (``llvm.x86.avx2.pshuf.b``) and are
+called from ``@njit`` code only.
 
 Vector values live in registers, as two Numba types:
 
@@ -28,18 +28,28 @@ and ``start`` an element offset into its flattened data; nothing is bounds-check
                                              and indices < 16 that is ``table16[idx[i]]``
 ``low_nibbles(v) -> u8x32``                  ``v & 15``
 ``high_nibbles(v) -> u8x32``                 ``v >> 4``
-``average_u8x32(a, b) -> u8x32``             ``vpavgb``: ``(a + b + 1) >> 1``, exact (no wrap)
 ``add_u8x32(a, b) -> u8x32``                 byte accumulation, wrapping
-``widen_low(v) -> u16x16``                   elements 0..15 of v zero-extended
-``widen_high(v) -> u16x16``                  elements 16..31 of v zero-extended
-``add_scaled_u16x16(acc, v, weight) -> u16x16``  ``acc + v * weight`` (weight: an integer)
+``add_words(acc, v) -> u16x16``              ``acc + word[i]`` with ``word[i] = v[2i] + 256 ·
+                                             v[2i+1]`` (v read as 16 little-endian uint16)
+``add_high_bytes(acc, v) -> u16x16``         ``acc + v[2i+1]``
+``row_sums_low(words, odd) -> u16x16``       from the sums of ``add_words`` (words) and
+``row_sums_high(words, odd) -> u16x16``      ``add_high_bytes`` (odd): the sums of bytes 0..15
+                                             (low) or 16..31 (high) of the vectors added, in
+                                             memory order: byte 2i is ``words[i] - 256 ·
+                                             odd[i]``, byte 2i+1 is ``odd[i]``
 ``store_u16x16(arr, start, v)``              writes v to uint16 ``arr.flat[start:start+16]``
 ``store_dequantized(arr, start, v, inv_scale, shift)``
                                              writes ``float32(v) * inv_scale + shift`` for the
-                                             32 (u8x32) or 16 (u16x16) elements of v to float32
+                                             16 elements of the u16x16 v to float32
                                              ``arr.flat[start:]`` (float32 scalars; the
                                              kernels' fast-math flags, so it rounds as the same
                                              expression in ordinary Numba code: one FMA)
+
+Exact byte sums (FAISS's fast-scan accumulation): ``add_words`` and ``add_high_bytes`` of the
+same vectors cost 2 additions and 1 shift per vector instead of zero-extending both halves;
+the odd bytes' sums are the high-byte sums, and the even bytes' are the word sums minus 256
+times them, exact modulo 2**16, so exact while every byte sum stays below 2**16 (at most
+257 vectors of bytes ≤ 255).
 
 Tree encoding, 8 rows per vector (``f32x8``: 8 float32; ``i32x8``: 8 int32):
 
@@ -136,7 +146,6 @@ class _VectorModel(models.PrimitiveModel):
 
 
 _I8 = ir.IntType(8)
-_I16 = ir.IntType(16)
 _I32 = ir.IntType(32)
 _V8, _V16, _VI32, _VF32 = (_llvm_vector(v) for v in (u8x32, u16x16, i32x8, f32x8))
 
@@ -243,12 +252,6 @@ def lookup_u8x32(builder, table, idx):
 
 @intrinsic
 @_binary_u8
-def average_u8x32(builder, a, b):
-    return _x86_call(builder, "llvm.x86.avx2.pavg.b", _V8, [a, b])
-
-
-@intrinsic
-@_binary_u8
 def add_u8x32(builder, a, b):
     return builder.add(a, b)
 
@@ -267,23 +270,6 @@ def high_nibbles(typingctx, v):
     return u8x32(u8x32), lambda context, builder, sig, args: builder.lshr(args[0], _splat(_V8, 4))
 
 
-def _widen(name, first):
-    def typer(typingctx, v):
-        if v != u8x32:
-            return None
-
-        def codegen(context, builder, sig, args):
-            half = builder.shuffle_vector(args[0], args[0], _lanes(range(first, first + 16)))
-            return builder.zext(half, _V16)
-        return u16x16(u8x32), codegen
-    typer.__name__ = typer.__qualname__ = name
-    return typer
-
-
-widen_low = intrinsic(_widen("widen_low", 0))
-widen_high = intrinsic(_widen("widen_high", 16))
-
-
 def _broadcast(builder, scalar, vector_type):
     """``scalar`` (of the vector's element type) in every element."""
     lane = builder.insert_element(ir.Constant(vector_type, ir.Undefined), scalar,
@@ -291,25 +277,56 @@ def _broadcast(builder, scalar, vector_type):
     return builder.shuffle_vector(lane, lane, _lanes([0] * vector_type.count))
 
 
-@intrinsic
-def add_scaled_u16x16(typingctx, acc, v, weight):
-    if not (acc == u16x16 and v == u16x16 and isinstance(weight, types.Integer)):
-        return None
+def _word_sum(name, high_bytes):
+    """The typer of intrinsic ``name(acc, v) -> u16x16``: acc plus the 16 little-endian
+    words of v (``high_bytes``: their high bytes only), wrapping."""
+    def typer(typingctx, acc, v):
+        if not (acc == u16x16 and v == u8x32):
+            return None
 
-    def codegen(context, builder, sig, args):
-        weights = _broadcast(builder, builder.trunc(args[2], _I16), _V16)
-        return builder.add(args[0], builder.mul(args[1], weights))
-    return u16x16(u16x16, u16x16, types.int64), codegen
+        def codegen(context, builder, sig, args):
+            words = builder.bitcast(args[1], _V16)
+            if high_bytes:
+                words = builder.lshr(words, _splat(_V16, 8))
+            return builder.add(args[0], words)
+        return u16x16(u16x16, u8x32), codegen
+    typer.__name__ = typer.__qualname__ = name
+    return typer
+
+
+add_words = intrinsic(_word_sum("add_words", False))
+add_high_bytes = intrinsic(_word_sum("add_high_bytes", True))
+
+
+def _row_sums(name, first):
+    """The typer of intrinsic ``name(words, odd) -> u16x16``: the byte sums 2i (``words[i] -
+    256 · odd[i]``) and 2i + 1 (``odd[i]``) for bytes first .. first + 15."""
+    def typer(typingctx, words, odd):
+        if not (words == u16x16 and odd == u16x16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            words, odd = args
+            even = builder.sub(words, builder.shl(odd, _splat(_V16, 8)))
+            return builder.shuffle_vector(even, odd, _lanes([first // 2 + i // 2 + 16 * (i % 2)
+                                                             for i in range(16)]))
+        return u16x16(u16x16, u16x16), codegen
+    typer.__name__ = typer.__qualname__ = name
+    return typer
+
+
+row_sums_low = intrinsic(_row_sums("row_sums_low", 0))
+row_sums_high = intrinsic(_row_sums("row_sums_high", 16))
 
 
 @intrinsic
 def store_dequantized(typingctx, arr, start, v, inv_scale, shift):
     if not (_is_array_of(arr, types.float32) and isinstance(start, types.Integer)
-            and v in (u8x32, u16x16) and inv_scale == shift == types.float32):
+            and v == u16x16 and inv_scale == shift == types.float32):
         return None
 
     def codegen(context, builder, sig, args):
-        vector = ir.VectorType(ir.FloatType(), v.lanes)
+        vector = ir.VectorType(ir.FloatType(), 16)
         inv_scale, shift = (_broadcast(builder, x, vector) for x in args[3:])
         flags = tuple(FASTMATH)
         y = builder.fadd(builder.fmul(builder.uitofp(args[2], vector), inv_scale, flags=flags),
@@ -321,7 +338,7 @@ def store_dequantized(typingctx, arr, start, v, inv_scale, shift):
     return types.void(arr, types.intp, v, f32, f32), codegen
 
 
-# -- tree encoding (MADDNESS §4.1, maddness.md §2.2): 8 rows per f32x8 / i32x8 ---------
+# -- tree encoding (MADDNESS §4.1): 8 rows per f32x8 / i32x8 ---------------------------
 
 @intrinsic
 def zeros_f32x8(typingctx):
@@ -441,29 +458,37 @@ def high_nibbles_plain(v):
 
 
 @njit(**INLINE)
-def average_u8x32_plain(a, b):
-    return ((a.astype(np.uint16) + b.astype(np.uint16) + np.uint16(1)) >> np.uint16(1)) \
-        .astype(np.uint8)
-
-
-@njit(**INLINE)
 def add_u8x32_plain(a, b):
     return a + b
 
 
 @njit(**INLINE)
-def widen_low_plain(v):
-    return v[:16].astype(np.uint16)
+def add_words_plain(acc, v):
+    return acc + (v[0::2].astype(np.uint16) | (v[1::2].astype(np.uint16) << np.uint16(8)))
 
 
 @njit(**INLINE)
-def widen_high_plain(v):
-    return v[16:].astype(np.uint16)
+def add_high_bytes_plain(acc, v):
+    return acc + v[1::2].astype(np.uint16)
 
 
 @njit(**INLINE)
-def add_scaled_u16x16_plain(acc, v, weight):
-    return acc + v * np.uint16(weight)
+def _row_sums_plain(words, odd, first):
+    lanes = first // 2
+    out = np.empty(16, np.uint16)
+    out[0::2] = words[lanes:lanes + 8] - (odd[lanes:lanes + 8] << np.uint16(8))
+    out[1::2] = odd[lanes:lanes + 8]
+    return out
+
+
+@njit(**INLINE)
+def row_sums_low_plain(words, odd):
+    return _row_sums_plain(words, odd, 0)
+
+
+@njit(**INLINE)
+def row_sums_high_plain(words, odd):
+    return _row_sums_plain(words, odd, 16)
 
 
 @njit(**INLINE)

@@ -1,4 +1,4 @@
-"""Exact top-k helpers for maximum inner product search (h2alsh.md §5.2).
+"""Exact top-k helpers for maximum inner product search.
 
 ``merge_topk_*`` folds a block of scores into each query's running top-k;
 ``rows_dot_*`` computes only the selected inner products ``<W[ids[i, j]], X[i]>`` that a

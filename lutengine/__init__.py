@@ -9,11 +9,11 @@ from . import config, datasets, nn
 from ._validation import NotFittedError
 from ._warmup import warmup
 from ._persist import load
-from .matmul import LutMatmul, PQMatmul
+from .matmul import LutMatmul, PQMatmul, QuantizationWarning
 from .mips import MipsIndex
 from .sparse import TopKLinear
 
 __version__ = "0.1.0"
 
 __all__ = ["LutMatmul", "PQMatmul", "MipsIndex", "TopKLinear", "load", "warmup",
-           "NotFittedError", "config", "datasets", "nn", "__version__"]
+           "NotFittedError", "QuantizationWarning", "config", "datasets", "nn", "__version__"]

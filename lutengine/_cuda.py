@@ -1,4 +1,4 @@
-"""The CUDA path (issue 5): ``device=`` resolution, device inputs, fitted state moved to
+"""The CUDA path: ``device=`` resolution, device inputs, fitted state moved to
 the GPU once, and the drivers of the ``kernels.cuda`` twins.
 
 ``device="cpu"`` (the default) never touches CUDA. ``"cuda"`` runs the GPU kernels; it
@@ -148,31 +148,31 @@ def scan_tiles(ncodebooks, nout):
 
 
 def scan_average(codes, luts_q, dequantization):
-    """The averaged scan of device ``codes`` with device tables, dequantised by ``(inv_scale,
-    shift)`` (host, :func:`lutengine._dispatch.dequantization`): a float32 device array."""
+    """The quantised scan of device ``codes`` with device tables, dequantised by ``(inv_scale,
+    shift)`` (host float32 (M,), :func:`lutengine._dispatch.dequantization`): a float32 device
+    array."""
     cuda = _cuda()
     scan = _kernels()[2]
-    starts, sizes, _ = _dispatch.average_groups(codes.shape[1])
     inv_scale, shift = dequantization
     rows, cols, shared_bytes = scan_tiles(codes.shape[1], luts_q.shape[2])
     out = cuda.device_array((codes.shape[0], luts_q.shape[2]), dtype=np.float32)
     grid = (min(config.CUDA_MAX_BLOCKS, -(-codes.shape[0] // rows)),
             min(config.CUDA_MAX_BLOCKS, -(-luts_q.shape[2] // cols)))
     scan.scan_average[grid, config.CUDA_THREADS_PER_BLOCK, 0, shared_bytes](
-        codes, luts_q, cuda.to_device(starts), cuda.to_device(sizes), inv_scale,
-        cuda.to_device(shift), out, rows, cols)
+        codes, luts_q, cuda.to_device(inv_scale), cuda.to_device(shift), out, rows, cols)
     return out
 
 
 def predict(estimator, A):
     """``LutMatmul.predict`` on the GPU (quantised tables only)."""
     if not estimator.quantize:
-        raise ValueError("device='cuda' needs quantize=True (the averaged uint8 scan); "
+        raise ValueError("device='cuda' needs quantize=True (the quantised uint8 scan); "
                          "quantize=False runs on device='cpu'")
     X, on_device = _tree_estimator_input(estimator, A)
     _, _, luts_q = _device_state(estimator, _LUT_STATE)
     out = scan_average(_encode(estimator, X), luts_q, _dispatch.dequantization(
-        estimator.lut_scale_, luts_q.shape[0], estimator._lut_offset(), estimator.bias_))
+        estimator.lut_scale_, estimator.lut_offsets_.sum(axis=0, dtype=np.float64),
+        estimator.bias_))
     return _returned(on_device, out)
 
 

@@ -2,8 +2,6 @@
 allocating outputs. Results do not depend on the choice (tests/test_kernels.py checks 1 vs 2
 threads, tests/test_simd.py SIMD vs plain)."""
 
-import functools
-
 import numba
 import numpy as np
 
@@ -55,15 +53,13 @@ def encode_tree_packed(X, split_dims, thresholds):
     return codes, nonfinite
 
 
-def scan_average_packed(codes, nrows, luts_q, scale, offset, out_bias):
+def scan_average_packed(codes, nrows, luts_q, scales, offset_sums, out_bias):
     """:func:`scan_average` on packed codes of ``nrows`` rows (same bits), F-ordered: the
     kernel writes each output's column contiguously, as MADDNESS's reference does."""
-    starts, sizes, _ = average_groups(luts_q.shape[0])
     out_t = np.empty((luts_q.shape[2], nrows), dtype=np.float32)
     kernel = packed.scan_average_packed_parallel if _parallel(nrows) \
         else packed.scan_average_packed_serial
-    kernel(codes, luts_q, starts, sizes,
-           *dequantization(scale, luts_q.shape[0], offset, out_bias), out_t,
+    kernel(codes, luts_q, *dequantization(scales, offset_sums, out_bias), out_t,
            config.PACKED_SCAN_CHUNK_ROWS, numba.get_num_threads())
     return out_t.T
 
@@ -86,37 +82,23 @@ def encode_pq(X, subspace_cols, subspace_bounds, centroids):
     return codes, nonfinite
 
 
-@functools.lru_cache(maxsize=None)
-def average_groups(ncodebooks):
-    """Group layout of the averaged accumulation: runs of 16 codebooks, the remainder
-    split into powers of two. Returns (starts, sizes, bias) with the rounding bias
-    Σ size/4 · log2(size) in LUT quanta (maddness.md §4.3)."""
-    sizes = [16] * (ncodebooks // 16)
-    rest = ncodebooks % 16
-    sizes += [s for s in (8, 4, 2, 1) if rest & s]
-    sizes = np.array(sizes, dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    bias = float(np.sum(sizes / 4.0 * np.log2(sizes)))
-    starts.flags.writeable = sizes.flags.writeable = False  # cached: shared by every call
-    return starts, sizes, bias
+def dequantization(scales, offset_sums, out_bias):
+    """``(inv_scale, shift)``, float32 (M,), of the quantised scans' dequantisation
+    ``float32(acc) * inv_scale[m] + shift[m]`` (one multiply-add, which every CPU and GPU
+    kernel rounds alike): ``shift = Σ_c offsets[c, m] + out_bias[m]``. The sums are exact
+    and the entries rounded to nearest, so there is no rounding bias to remove."""
+    inv_scale = np.float32(1.0) / np.asarray(scales, dtype=np.float32)
+    shift = np.asarray(offset_sums, dtype=np.float32) + np.asarray(out_bias, dtype=np.float32)
+    return inv_scale, shift
 
 
-def dequantization(scale, ncodebooks, offset, out_bias):
-    """``(inv_scale, shift)`` of the averaged scans' dequantisation ``float32(acc) *
-    inv_scale + shift[m]`` (one multiply-add, which every CPU and GPU kernel rounds alike):
-    ``shift`` folds the groups' rounding bias, the tables' offset and the output bias."""
-    bias = average_groups(ncodebooks)[2]
-    inv_scale = np.float32(1.0) / np.float32(scale)
-    return inv_scale, (np.float32(offset) + np.asarray(out_bias, dtype=np.float32)
-                       - np.float32(bias) * inv_scale)
-
-
-def scan_average(codes, luts_q, scale, offset, out_bias):
-    starts, sizes, _ = average_groups(codes.shape[1])
+def scan_average(codes, luts_q, scales, offset_sums, out_bias):
+    """Quantised scan of codes (n, C) with uint8 tables (C, 16, M), per-output ``scales``
+    (M,) and per-output sums of the tables' offsets (M,), plus ``out_bias``: float32 (n, M)."""
     out = np.empty((codes.shape[0], luts_q.shape[2]), dtype=np.float32)
     kernel = scan.scan_average_parallel if _parallel(codes.shape[0]) else scan.scan_average_serial
-    kernel(codes, luts_q, starts, sizes, *dequantization(scale, codes.shape[1], offset, out_bias),
-           out, config.SCAN_BLOCK_ROWS, numba.get_num_threads())
+    kernel(codes, luts_q, *dequantization(scales, offset_sums, out_bias), out,
+           config.SCAN_BLOCK_ROWS, numba.get_num_threads())
     return out
 
 
@@ -133,20 +115,24 @@ def build_luts(prototypes, B):
 
 
 def quantize_luts(luts):
-    """uint8 quantisation of float32 tables (C, 16, M): (luts_q, per-codebook offsets, scale)."""
+    """uint8 quantisation of float32 tables (C, 16, M), per output: (luts_q uint8 (C, 16, M),
+    offsets float32 (C, M), scales float32 (M,))."""
+    C, _, M = luts.shape
     luts_q = np.empty(luts.shape, dtype=np.uint8)
+    offsets = np.empty((C, M), dtype=np.float32)
+    scales = np.empty(M, dtype=np.float32)
     kernel = lut.quantize_luts_parallel if numba.get_num_threads() > 1 else lut.quantize_luts_serial
-    mins, scale = kernel(luts, luts_q)
-    return luts_q, mins, np.float32(scale)
+    kernel(luts, offsets, scales, luts_q)
+    return luts_q, offsets, scales
 
 
 def onehot_gram(codes):
     """GᵀG in float64 (16C × 16C) for the one-hot matrix G of the codes."""
     kernel = onehot.onehot_gram_parallel if _parallel(codes.shape[0]) else onehot.onehot_gram_serial
-    return kernel(codes, config.FIT_CHUNK_ROWS)
+    return kernel(codes, numba.get_num_threads())
 
 
 def onehot_rowsum(codes, A):
     """GᵀA in float64 (16C × D): the rows of A scatter-added by their codes."""
     kernel = onehot.onehot_rowsum_parallel if _parallel(codes.shape[0]) else onehot.onehot_rowsum_serial
-    return kernel(codes, A, config.FIT_CHUNK_ROWS)
+    return kernel(codes, A, numba.get_num_threads())

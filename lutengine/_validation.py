@@ -1,4 +1,4 @@
-"""Input checks for the public API: the only place that validates (design.md, Conventions).
+"""Input checks for the public API: the only place that validates (docs/architecture.md).
 
 Floats are cast to float32; integer codes are never cast; every error names the argument
 and the shapes involved.
@@ -13,16 +13,26 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when ``predict``/``transform``/``save`` are called before ``fit``."""
 
 
-def as_float_matrix(X, name, *, keep_order=False, check_finite=True):
-    """Return X as a 2-D float32 array, C-contiguous (or F-contiguous if it already was
-    and ``keep_order``), checking dtype, ndim, emptiness and (optionally) finiteness."""
+def _real_array(X, name, what):
+    """X as an ndarray of integers or floats (bool, complex, object and strings refused)."""
     if not isinstance(X, np.ndarray):
         try:
             X = np.asarray(X)
         except Exception as exc:  # ragged lists and the like
-            raise TypeError(f"{name} must be a 2-D numeric array; could not convert it: {exc}") from exc
+            raise TypeError(f"{name} must be a {what}; could not convert it: {exc}") from exc
     if X.dtype == bool or not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
         raise TypeError(f"{name} must be a real numeric array, got dtype {X.dtype}")
+    return X
+
+
+def as_float_matrix(X, name, *, keep_order=False, check_finite=True):
+    """Return X as a 2-D float32 array, C-contiguous (or F-contiguous if it already was
+    and ``keep_order``), checking dtype, ndim, emptiness and (optionally) finiteness.
+
+    Integers and every float width (float16 and float64 included) are accepted and cast
+    to float32; views, read-only and memory-mapped arrays are read without a copy when
+    they are already float32 and contiguous. X itself is never modified."""
+    X = _real_array(X, name, "2-D numeric array")
     if X.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got {X.ndim}-D with shape {X.shape}")
     if X.shape[0] == 0 or X.shape[1] == 0:
@@ -36,16 +46,23 @@ def as_float_matrix(X, name, *, keep_order=False, check_finite=True):
 
 def as_float_vector(x, name, length):
     """Return x as a 1-D float32 array of the given length, finite."""
-    x = np.ascontiguousarray(np.asarray(x), dtype=np.float32)
+    x = np.ascontiguousarray(_real_array(x, name, f"vector of length {length}"), dtype=np.float32)
     if x.ndim != 1 or x.shape[0] != length:
         raise ValueError(f"{name} must have shape ({length},), got {x.shape}")
     check_all_finite(x, name)
     return x
 
 
+#: elements per slice of the finiteness check (its boolean temporary stays this small)
+_FINITE_CHECK_ELEMENTS = 1 << 20
+
+
 def check_all_finite(X, name):
-    if not np.isfinite(X).all():
-        raise ValueError(f"{name} contains NaN or Inf values")
+    """No NaN or Inf in X, checked a slice of rows at a time: no N × D temporary."""
+    step = max(1, _FINITE_CHECK_ELEMENTS // max(1, X[:1].size))
+    for start in range(0, X.shape[0], step):
+        if not np.isfinite(X[start:start + step]).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
 
 
 def raise_if_nonfinite_read(count, name):
@@ -70,7 +87,11 @@ def check_ncodebooks(ncodebooks, n_features):
 
 
 def check_choice(value, name, choices):
-    if value not in choices:
+    try:
+        known = value in choices
+    except TypeError:  # unhashable, e.g. a list
+        known = False
+    if not known:
         raise ValueError(f"{name} must be one of {sorted(choices, key=repr)}, got {value!r}")
 
 
@@ -102,9 +123,76 @@ def check_k(k, n_items, name="k"):
 
 def as_queries(Q, name, n_features):
     """Queries as a C-contiguous float32 (nq, d) array; a 1-D vector is one query."""
-    Q = np.asarray(Q) if not isinstance(Q, np.ndarray) else Q
+    Q = _real_array(Q, name, "2-D numeric array (or one query as a vector)")
     if Q.ndim == 1:
         Q = Q[None, :]
     Q = as_float_matrix(Q, name)
     check_n_features(Q, name, n_features)
     return Q
+
+
+# -- fitted state read from a file (lutengine.load) ------------------------------------------
+
+def check_index_range(values, name, low, high):
+    """Every entry of the integer array ``values`` (read from a file) in [low, high): the
+    kernels index with them and do no bounds checks."""
+    if values.size and (values.min() < low or values.max() >= high):
+        raise ValueError(f"{name} holds values outside [{low}, {high}), which the kernels "
+                         f"would index out of bounds")
+
+
+# -- options and stored state of the MIPS indexes ---------------------------------------------
+
+def check_int(value, name, low, high=None):
+    """An integer (not a bool) in [low, high] (no upper limit when ``high`` is None), as int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        limit = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{name} must be {limit}, got {value}")
+    return int(value)
+
+
+def check_real(value, name, low, high, *, closed=False):
+    """A finite real number (not a bool) in (low, high), or in [low, high] when ``closed``,
+    as float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    inside = low <= value <= high if closed else low < value < high
+    if not (inside and np.isfinite(value)):
+        interval = f"[{low}, {high}]" if closed else f"({low}, {high})"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_random_state(random_state, name="random_state"):
+    """None, an integer seed >= 0 (returned as int) or a ``np.random.Generator``."""
+    if random_state is None or isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, (bool, np.bool_)) or not isinstance(random_state, numbers.Integral):
+        raise TypeError(f"{name} must be None, an integer seed >= 0 or a numpy.random.Generator, "
+                        f"got {random_state!r}")
+    return check_int(random_state, name, 0)
+
+
+def check_array(value, name, dtype, shape):
+    """``value`` exactly a C-contiguous ``dtype`` array of ``shape``, where ``None`` stands
+    for any length (0 included): an array read from a file, before a kernel indexes it.
+    Returns it."""
+    if not isinstance(value, np.ndarray) or value.dtype != np.dtype(dtype):
+        got = value.dtype if isinstance(value, np.ndarray) else f"a {type(value).__name__}"
+        raise ValueError(f"{name} must be a {np.dtype(dtype)} array, got {got}")
+    if value.ndim != len(shape) or any(want is not None and want != got
+                                       for want, got in zip(shape, value.shape)):
+        want = ", ".join("n" if length is None else str(length) for length in shape)
+        want = f"({want},)" if len(shape) == 1 else f"({want})"
+        raise ValueError(f"{name} must have shape {want}, got {value.shape}")
+    if not value.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    return value

@@ -31,15 +31,16 @@ def warmup():
     B = rng.standard_normal((8, 3)).astype(np.float32)
     luts = lut.build_luts(prototypes, B)
     luts_q = np.empty(luts.shape, dtype=np.uint8)
+    offsets = np.empty((2, 3), dtype=np.float32)
+    scales = np.empty(3, dtype=np.float32)
     for variant in (lut.quantize_luts_serial, lut.quantize_luts_parallel):
-        mins, scale = variant(luts, luts_q)
+        variant(luts, offsets, scales, luts_q)
         compiled += 1
-    starts, sizes, _ = _dispatch.average_groups(2)
     out = np.empty((40, 3), dtype=np.float32)
     out_bias = np.zeros(3, dtype=np.float32)
-    inv_scale, shift = _dispatch.dequantization(scale, 2, 0.0, out_bias)
+    inv_scale, shift = _dispatch.dequantization(scales, offsets.sum(axis=0), out_bias)
     for variant in (scan.scan_average_serial, scan.scan_average_parallel):
-        variant(codes, luts_q, starts, sizes, inv_scale, shift, out, 8, 2)
+        variant(codes, luts_q, inv_scale, shift, out, 8, 2)
         compiled += 1
     if simd.has_avx2():  # the packed SIMD path (AVX2 code cannot even compile without it)
         codes_packed = np.empty((2, 1, packed.BLOCK), dtype=np.uint8)
@@ -49,17 +50,17 @@ def warmup():
                                   packed.scan_average_packed_parallel)):
             encoder(X, dims, thresholds, codes_packed, 32, False, 2)
             encoder(XF, dims, thresholds, codes_packed, 32, True, 2)
-            scanner(codes_packed, luts_q, starts, sizes, inv_scale, shift,
+            scanner(codes_packed, luts_q, inv_scale, shift,
                     np.empty((3, 40), dtype=np.float32), 32, 2)
             compiled += 2
     for variant in (scan.scan_float_serial, scan.scan_float_parallel):
         variant(codes, luts, out_bias, out, 8)
         compiled += 1
     for variant in (onehot.onehot_gram_serial, onehot.onehot_gram_parallel):
-        variant(codes, 16)
+        variant(codes, 2)
         compiled += 1
     for variant in (onehot.onehot_rowsum_serial, onehot.onehot_rowsum_parallel):
-        variant(codes, X, 16)
+        variant(codes, X, 2)
         compiled += 1
     top_scores = np.full((40, 3), -np.inf, dtype=np.float32)
     top_ids = np.full((40, 3), -1, dtype=np.int64)

@@ -20,8 +20,6 @@ SCAN_BLOCK_ROWS = 256
 #: rows per chunk of the SIMD scan (kernels/packed.py): each output's column is written
 #: this many rows at a time, while the chunk's packed codes stay in L2
 PACKED_SCAN_CHUNK_ROWS = 8192
-#: rows per chunk of the one-hot products used at fit time
-FIT_CHUNK_ROWS = 8192
 #: below this many rows the serial kernels are used even when threads are available
 PARALLEL_MIN_ROWS = 2048
 #: normscan: rows in its first block (later blocks double, up to NORMSCAN_MAX_BLOCK)

@@ -1,4 +1,5 @@
-"""4-bit PQ fast-scan MIPS index (FAISS/ScaNN "fast scan", peers.md §4; simd.md).
+"""4-bit PQ fast-scan MIPS index (the "fast scan" of FAISS ``IndexPQFastScan``, André et al.
+VLDB'15, and of ScaNN, Guo et al. ICML'20).
 
 Build: every row w is split into its norm ‖w‖ and direction u = w / ‖w‖, and the
 directions are product-quantised: ``ncodebooks`` contiguous subspaces (widths differ by at
@@ -16,11 +17,11 @@ quantised worst. Measured at N = 10^6, d = 128, k = 10, 64 codebooks, rerank 100
 recall@10 0.88 with PQ of the raw rows against 0.994 with PQ of the directions on
 log-normal norms (σ = 1); 1.00 either way on Gaussian rows.
 
-Inputs are validated and sorted by the caller (``lutengine.mips``). The state is a dict of
-NumPy arrays (scalars as 0-d arrays), savable with ``np.savez``.
+Inputs are validated and sorted by the caller (``lutengine.mips``), the options checked by
+:func:`check_options`. The state is a dict of NumPy arrays (scalars as 0-d arrays), savable
+with ``np.savez``; :func:`check_state` checks one read from a file.
 """
 
-import numbers
 import warnings
 
 import numpy as np
@@ -30,9 +31,17 @@ from threadpoolctl import threadpool_limits
 from kernels import fastscan as _fastscan
 
 from . import _dispatch
+from ._validation import check_array, check_int
 
 #: keys of the state dict, in a fixed order (for save/load)
 STATE_KEYS = ("packed", "centroids", "bounds", "rerank")
+#: the options of ``MipsIndex(method="fastscan")``: the keywords of :func:`build`
+OPTIONS = ("ncodebooks", "rerank", "train_rows")
+#: the most codebooks: a row's uint16 score sums C table entries, whose quantisation
+#: leaves 65535 − C quanta to share (:mod:`kernels.fastscan`, step 1)
+MAX_CODEBOOKS = 65534
+#: the largest ``rerank`` or ``train_rows`` (the state holds rerank as int64)
+MAX_COUNT = int(np.iinfo(np.int64).max)
 
 
 def subspace_bounds(d, ncodebooks):
@@ -62,37 +71,36 @@ def _directions(W, norms):
     return W / np.where(norms > 0, norms, 1.0)[:, None]
 
 
-def _check_int(value, name, low, high=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        limit = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise ValueError(f"{name} must be {limit}, got {value}")
-    return int(value)
-
-
 def default_ncodebooks(d):
-    """3d/8 codebooks (48 at d = 128), at least 1: at N = 10^6, d = 128, k = 10 and rerank
-    1000, d/4 = 32 codebooks gave recall@10 0.80 on Gaussian rows (0.96 on log-normal
-    norms), 48 gave 0.975 (0.994) at 13–14× the speed of brute force (one thread)."""
-    return max(1, 3 * d // 8)
+    """3d/8 codebooks (48 at d = 128), at least 1 and at most :data:`MAX_CODEBOOKS`: at
+    N = 10^6, d = 128, k = 10 and rerank 1000, d/4 = 32 codebooks gave recall@10 0.80 on
+    Gaussian rows (0.96 on log-normal norms), 48 gave 0.975 (0.994) at 13–14× the speed
+    of brute force (one thread)."""
+    return min(max(1, 3 * d // 8), MAX_CODEBOOKS)
+
+
+def check_options(options, n_cols, prefix=""):
+    """The given options of :func:`build` (name -> value, names from :data:`OPTIONS`) for
+    rows of ``n_cols`` columns, as ints: ``ncodebooks`` between 1 and min(d,
+    :data:`MAX_CODEBOOKS`), ``rerank`` and ``train_rows`` between 1 and :data:`MAX_COUNT`.
+    Errors name ``prefix + name``."""
+    return {name: check_int(value, prefix + name, 1,
+                            min(n_cols, MAX_CODEBOOKS) if name == "ncodebooks" else MAX_COUNT)
+            for name, value in options.items()}
 
 
 def build(W_sorted, norms_sorted, ncodebooks=None, rerank=1000, train_rows=65536, rng=None):
     """Encode the rows (largest norm first; ``norms_sorted`` their norms): the state dict
     (:data:`STATE_KEYS`).
 
-    ``ncodebooks`` (default :func:`default_ncodebooks`) must be between 1 and d, the row
-    width;
-    ``rerank`` (≥ 1) candidates are re-scored exactly per query (at search time at least
-    k and at most N); k-means runs on at most ``train_rows`` rows sampled with ``rng``
-    (a seed or ``np.random.Generator``, which also seeds k-means).
+    ``ncodebooks`` (default :func:`default_ncodebooks` of the row width d) subspaces;
+    ``rerank`` candidates are re-scored exactly per query (at search time at least k and
+    at most N); k-means runs on at most ``train_rows`` rows sampled with ``rng`` (a seed
+    or ``np.random.Generator``, which also seeds k-means). The options are as
+    :func:`check_options` accepts them.
     """
     N, d = W_sorted.shape
-    C = _check_int(default_ncodebooks(d) if ncodebooks is None else ncodebooks, "ncodebooks",
-                   1, d)
-    rerank = _check_int(rerank, "rerank", 1)
-    train_rows = _check_int(train_rows, "train_rows", 1)
+    C = default_ncodebooks(d) if ncodebooks is None else ncodebooks
     rng = np.random.default_rng(rng)
     bounds = subspace_bounds(d, C)
     sample = np.sort(rng.choice(N, train_rows, replace=False)) if N > train_rows else \
@@ -121,6 +129,30 @@ def build(W_sorted, norms_sorted, ncodebooks=None, rerank=1000, train_rows=65536
         codes[start:stop] = _dispatch.encode_pq(U, cols, bounds, centroids)[0]
     return {"packed": pack_codes(codes), "centroids": centroids, "bounds": bounds,
             "rerank": np.int64(rerank)}
+
+
+def check_state(state, n_rows, n_cols, prefix=""):
+    """Raise ValueError naming (``prefix + key``) the first entry of ``state`` that the
+    kernels (:mod:`kernels.fastscan`, which check no bounds) could not safely read for
+    ``n_rows`` sorted rows of ``n_cols`` columns, or that :func:`build` cannot produce:
+    ``bounds`` the :func:`subspace_bounds` of d = n_cols in C codebooks (1 ≤ C ≤
+    min(d, :data:`MAX_CODEBOOKS`)), ``centroids`` (C, 16, widest subspace) finite,
+    ``packed`` (ceil(N/32), ceil(C/2), 32) (any byte is two 4-bit codes), ``rerank`` as
+    :func:`check_options` accepts it."""
+    bounds = check_array(state["bounds"], prefix + "bounds", np.int64, (None,))
+    C = bounds.size - 1
+    if not (1 <= C <= min(n_cols, MAX_CODEBOOKS)
+            and np.array_equal(bounds, subspace_bounds(n_cols, C))):
+        raise ValueError(f"{prefix}bounds must be subspace_bounds(d, C) of the d = {n_cols} "
+                         f"columns in 1 to {min(n_cols, MAX_CODEBOOKS)} codebooks C")
+    centroids = check_array(state["centroids"], prefix + "centroids", np.float32,
+                            (C, 16, int(np.diff(bounds).max())))
+    if not np.isfinite(centroids).all():
+        raise ValueError(f"{prefix}centroids contains NaN or Inf values")
+    check_array(state["packed"], prefix + "packed", np.uint8,
+                (-(-n_rows // 32), -(-C // 2), 32))
+    rerank = check_array(np.asarray(state["rerank"]), prefix + "rerank", np.int64, ())[()]
+    check_options({"rerank": rerank}, n_cols, prefix)
 
 
 def query_tables(state, Q, nworkers):

@@ -33,7 +33,9 @@ def ridge_prototypes(A, codes, initial_prototypes, lam=1.0):
     gram, rowsum = _dispatch.onehot_gram(codes), _dispatch.onehot_rowsum(codes, A)
     P0 = initial_prototypes.reshape(C * K, D).astype(np.float64)
     gram[np.diag_indices_from(gram)] += lam
-    P = scipy.linalg.solve(gram, rowsum + lam * P0, assume_a="pos")
+    rowsum += lam * P0
+    # in place: no copy of the (16C)² matrix (128 MB at C = 256)
+    P = scipy.linalg.solve(gram, rowsum, assume_a="pos", overwrite_a=True, overwrite_b=True)
     return P.reshape(C, K, D).astype(np.float32)
 
 
@@ -72,6 +74,19 @@ def _check_args(codes, A, B, bias, luts0, objective, activation, lam):
             or bias.shape != (M,):
         raise ValueError(f"shapes do not match: codes {codes.shape}, A {A.shape} (N, D), "
                          f"B {B.shape} (D, M), bias {bias.shape} (M,), luts0 {luts0.shape}")
+
+
+#: rows of A cast to float64 at a time by :func:`_float64_product`: about 32 MB
+_PRODUCT_BLOCK_ELEMENTS = 1 << 22
+
+
+def _float64_product(A, B):
+    """``A @ B`` in float64, casting A a block of rows at a time (no float64 copy of A)."""
+    out = np.empty((A.shape[0], B.shape[1]))
+    step = max(1, _PRODUCT_BLOCK_ELEMENTS // max(1, A.shape[1]))
+    for start in range(0, A.shape[0], step):
+        np.matmul(A[start:start + step].astype(np.float64), B, out=out[start:start + step])
+    return out
 
 
 def _loss_and_grad(codes, logits, bias, luts0, objective, activation, lam):
@@ -122,7 +137,7 @@ def optimize_luts(codes, A, B, bias, luts0, objective="mse", activation=None, la
     bias = np.asarray(bias, dtype=np.float64)
     luts0 = np.asarray(luts0, dtype=np.float64)
     _check_args(codes, A, B, bias, luts0, objective, activation, lam)
-    logits = np.asarray(A, np.float64) @ np.asarray(B, np.float64) + bias
+    logits = _float64_product(A, np.asarray(B, np.float64)) + bias
     f = _loss_and_grad(codes, logits, bias, luts0, objective, activation, float(lam))
     last = {}
 

@@ -13,11 +13,12 @@ experiment needs them): an L1 penalty on them, and k-winners-take-all.
 """
 
 import copy
+import numbers
 
 import numpy as np
 from tqdm import tqdm
 
-from ._validation import as_float_matrix, check_n_features
+from ._validation import as_float_matrix, as_float_vector, check_int, check_n_features
 from .matmul import LutMatmul
 
 #: Adam's constants (the paper's defaults)
@@ -31,8 +32,8 @@ class Dense:
     """An exact affine layer ``A @ W + b`` with W (n_in, n_out) and b (n_out,), float32."""
 
     def __init__(self, W, b):
-        self.W = np.ascontiguousarray(W, dtype=np.float32)
-        self.b = np.ascontiguousarray(b, dtype=np.float32)
+        self.W = as_float_matrix(W, "W")
+        self.b = as_float_vector(b, "b", self.W.shape[1])
 
     def predict(self, A):
         return A @ self.W + self.b
@@ -63,6 +64,14 @@ class MLP:
         if not layers:
             raise ValueError("layers must not be empty")
         self.layers = list(layers)
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Dense) and not hasattr(type(layer), "n_outputs_"):
+                raise TypeError(f"layers[{i}] must be a Dense or a fitted estimator such as "
+                                f"LutMatmul, got {type(layer).__name__}")
+        for i, (before, after) in enumerate(zip(self.layers[:-1], self.layers[1:])):
+            if _n_outputs(before) != _n_inputs(after):
+                raise ValueError(f"layers[{i}] has {_n_outputs(before)} outputs, but "
+                                 f"layers[{i + 1}] takes {_n_inputs(after)} inputs")
         n_out = _n_outputs(self.layers[-1])
         self.classes = np.arange(n_out) if classes is None else np.asarray(classes)
         if self.classes.shape != (n_out,):
@@ -88,6 +97,8 @@ class MLP:
         ``y`` holds labels 0..n_classes − 1."""
         X = as_float_matrix(X, "X")
         y = _labels(y, len(X))
+        hidden_sizes = [check_int(size, f"hidden_sizes[{i}]", 1)
+                        for i, size in enumerate(hidden_sizes)]
         rng = np.random.default_rng(random_state)
         sizes = [X.shape[1], *hidden_sizes, int(y.max()) + 1]
         params = []
@@ -100,6 +111,7 @@ class MLP:
 
     def activations(self, X, stop):
         """What layer ``stop`` receives: X through layers 0..stop − 1 and their ReLUs."""
+        check_int(stop, "stop", 0, len(self.layers) - 1)
         H = as_float_matrix(X, "X")
         check_n_features(H, "X", _n_inputs(self.layers[0]))
         for layer in self.layers[:stop]:
@@ -118,7 +130,11 @@ class MLP:
 
     def score(self, X, y):
         """Accuracy on (X, y)."""
-        return float(np.mean(self.predict(X) == np.asarray(y)))
+        predicted, y = self.predict(X), np.asarray(y)
+        if y.shape != predicted.shape:
+            raise ValueError(f"y must hold one label per row of X, shape {predicted.shape}, "
+                             f"got shape {y.shape}")
+        return float(np.mean(predicted == y))
 
     def __repr__(self):
         return f"MLP({self.layers!r})"
@@ -246,12 +262,22 @@ def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="co
     check_n_features(X, "X_train", _n_inputs(net.layers[0]))
     y = _class_indices(net.classes, y_train, len(X))
     last = len(net.layers) - 1
+    if layers is not None and any(isinstance(i, (bool, np.bool_))
+                                  or not isinstance(i, numbers.Integral) for i in layers):
+        raise TypeError(f"layers must be integer indices in 0..{last}, got {layers!r}")
     targets = list(range(last + 1)) if layers is None else sorted(layers)
     if not targets or any(not 0 <= i <= last for i in targets):
         raise ValueError(f"layers must be indices in 0..{last}, got {layers!r}")
     if any(not isinstance(layer, Dense) for layer in net.layers[targets[0]:]):
         raise ValueError("the layers to replace and every layer after them must be Dense")
-    counts = np.broadcast_to(np.asarray(ncodebooks), (len(targets),))
+    counts = np.asarray(ncodebooks)
+    if not np.issubdtype(counts.dtype, np.integer):
+        raise TypeError(f"ncodebooks must be an integer or one integer per replaced layer, "
+                        f"got {ncodebooks!r}")
+    if counts.shape not in ((), (len(targets),)):
+        raise ValueError(f"ncodebooks must be an integer or hold one per replaced layer "
+                         f"({len(targets)}), got shape {counts.shape}")
+    counts = np.broadcast_to(counts, (len(targets),))
     settings = {**FINETUNE, **(finetune_settings or {})}
     rng = np.random.default_rng(random_state)
     H, fed = X, 0  # H is what layer ``fed`` receives, carried forward layer by layer

@@ -10,7 +10,7 @@ import numba
 import numpy as np
 
 from . import _cuda
-from ._validation import as_float_matrix, as_float_vector, as_queries, check_k
+from ._validation import as_float_matrix, as_float_vector, as_queries, check_bool, check_k
 from .mips import MipsIndex
 from kernels import topk
 
@@ -22,20 +22,24 @@ class TopKLinear:
     ----------
     W : array (N, d)
     b : array (N,)
+        The bias (``W`` and ``b`` are positional only, so that H2-ALSH's ring ratio ``b``
+        can be passed as an option).
     k : int, 1 ≤ k ≤ N
     method : {"auto", "brute", "normscan", "h2alsh", "fastscan"}
         How the rows are found (see :class:`~lutengine.MipsIndex`).
     bottom : bool
         Also compute the k rows with the smallest ⟨w_i, x⟩ + b_i.
     random_state, **options
-        Passed to the index.
+        Passed to the index, which checks them (:func:`lutengine.mips.check_params`).
+
+    Calling one layer from several threads at once is safe (see :mod:`lutengine.mips`).
     """
 
-    def __init__(self, W, b, k=40, method="h2alsh", bottom=True, random_state=None, **options):
+    def __init__(self, W, b, /, k=40, method="h2alsh", bottom=True, random_state=None, **options):
         self.W = as_float_matrix(W, "W")
         self.b = as_float_vector(b, "b", self.W.shape[0])
         self.k = check_k(k, self.W.shape[0])
-        self.bottom = bool(bottom)
+        self.bottom = check_bool(bottom, "bottom")
         self.index = MipsIndex(self.W, method=method, bias=self.b, random_state=random_state,
                                **options)
 

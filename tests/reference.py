@@ -1,6 +1,6 @@
 """NumPy oracles for every kernel in ``kernels/`` (float64, vectorised, no Numba).
 
-Each function restates the specification (``../shared/research/maddness.md``) as plainly
+Each function restates the papers' definitions (MADDNESS: Blalock & Guttag 2021) as plainly
 as possible, independently of the kernels it checks: no blocking, no threads, dense
 one-hot matrices, brute-force split search.
 """
@@ -9,7 +9,7 @@ import numpy as np
 
 
 def ref_encode_tree(X, split_dims, thresholds):
-    """Codes of the MADDNESS hash trees (maddness.md §2.2).
+    """Codes of the MADDNESS hash trees (MADDNESS §4.1).
 
     Tree ``c`` compares column ``split_dims[c, level]`` with the heap-ordered threshold
     ``thresholds[c, 2**level - 1 + node]``; a value strictly greater goes right, and the
@@ -53,45 +53,28 @@ def ref_encode_pq(X, cols, bounds, centroids):
 
 
 def ref_build_luts(prototypes, B):
-    """``T[c, k, m] = <P[c, k, :], B[:, m]>`` in float64 (maddness.md §3.2)."""
+    """``T[c, k, m] = <P[c, k, :], B[:, m]>`` in float64 (MADDNESS §3.2)."""
     return np.einsum("ckd,dm->ckm", prototypes.astype(np.float64), B.astype(np.float64))
 
 
 def ref_quantize_luts(luts):
-    """uint8 tables, per-codebook offsets and the global scale (maddness.md §4.1).
+    """uint8 tables, per-output offsets (C, M) and per-output scales (M,) (MADDNESS §4.1,
+    one scale per output).
 
-    The offset of codebook c is its smallest entry over all outputs and all 16 codes;
-    ``scale = 2**-ceil(log2(gap)) * (255.5 - 1e-10)`` with gap the largest per-codebook
-    range; ``q = floor((T - min_c) * scale + 0.5)``. A gap of 0 (every table constant)
-    is given the scale 1 (lutengine's convention; the spec leaves it undefined).
+    The offset of codebook c for output m is ``min_k T[c, k, m]``; ``scale[m] =
+    2**-ceil(log2(gap_m)) * (255.5 - 1e-10)`` with gap_m the largest range ``max_k - min_k``
+    over the codebooks of output m; ``q = floor((T - offset) * scale + 0.5)``. A gap of 0
+    (every table of the output constant) is given the scale 1.
     """
     T = np.asarray(luts, dtype=np.float64)
-    mins = T.min(axis=(1, 2))
-    gap = (T.max(axis=(1, 2)) - mins).max()
-    scale = 2.0 ** -np.ceil(np.log2(gap)) * (255.5 - 1e-10) if gap > 0 else 1.0
-    q = np.floor((T - mins[:, None, None]) * scale + 0.5)
+    offsets = T.min(axis=1)
+    gaps = (T.max(axis=1) - offsets).max(axis=0)
+    scales = np.ones(T.shape[2])
+    spread = gaps > 0
+    scales[spread] = 2.0 ** -np.ceil(np.log2(gaps[spread])) * (255.5 - 1e-10)
+    q = np.floor((T - offsets[:, None, :]) * scales + 0.5)
     assert q.min() >= 0 and q.max() <= 255
-    return q.astype(np.uint8), mins, scale
-
-
-def ref_average_groups(ncodebooks):
-    """``[(start, size), ...]`` of the averaged accumulation and its bias in quanta.
-
-    Runs of 16 codebooks, then the remainder as powers of two taken 8, 4, 2, 1 (each at
-    most once). Bias (maddness.md §4.3): ``Σ size/4 · log2(size)``.
-    """
-    sizes, left = [], ncodebooks
-    while left >= 16:
-        sizes.append(16)
-        left -= 16
-    for size in (8, 4, 2, 1):
-        if left >= size:
-            sizes.append(size)
-            left -= size
-    starts = np.cumsum([0] + sizes)[:-1]
-    groups = [(int(start), size) for start, size in zip(starts, sizes)]
-    bias = sum(size / 4 * np.log2(size) for _, size in groups)
-    return groups, float(bias)
+    return q.astype(np.uint8), offsets, scales
 
 
 def _gather(codes, luts):
@@ -99,33 +82,20 @@ def _gather(codes, luts):
     return luts[np.arange(codes.shape[1])[None, :], codes]
 
 
-def ref_average_accumulate(codes, luts_q):
-    """Raw accumulator of the averaged scan, int64 (N, M), before any correction.
-
-    Inside a group, neighbours 2j and 2j+1 are combined by ``(a + b + 1) >> 1``, level
-    by level, until one average is left; the result is ``Σ_groups size · average``.
-    """
-    vals = _gather(codes, luts_q).astype(np.int64)
-    acc = np.zeros((codes.shape[0], luts_q.shape[2]), dtype=np.int64)
-    groups, _ = ref_average_groups(codes.shape[1])
-    for start, size in groups:
-        level = vals[:, start : start + size]
-        while level.shape[1] > 1:
-            level = (level[:, 0::2] + level[:, 1::2] + 1) >> 1
-        acc += size * level[:, 0]
-    return acc
+def ref_accumulate(codes, luts_q):
+    """The quantised scan's integer sums ``Σ_c luts_q[c, codes[n, c], m]``, int64 (N, M)."""
+    return _gather(codes, luts_q).astype(np.int64).sum(axis=1)
 
 
-def ref_scan_average(codes, luts_q, scale, offset, out_bias):
-    """Dequantised averaged scan (maddness.md §4.2–4.3), float64 (N, M):
-    ``(acc - bias) / scale + offset + out_bias``."""
-    _, bias = ref_average_groups(codes.shape[1])
-    acc = ref_average_accumulate(codes, luts_q)
-    return (acc - bias) / np.float64(scale) + np.float64(offset) + np.asarray(out_bias, np.float64)
+def ref_scan_average(codes, luts_q, scales, offset_sums, out_bias):
+    """Dequantised scan, float64 (N, M): ``acc / scales[m] + offset_sums[m] + out_bias[m]``."""
+    acc = ref_accumulate(codes, luts_q)
+    return (acc / np.asarray(scales, np.float64) + np.asarray(offset_sums, np.float64)
+            + np.asarray(out_bias, np.float64))
 
 
 def ref_pack_codes(codes):
-    """Codes (N, C) in the packed layout of kernels/packed.py (maddness.md §5): uint8
+    """Codes (N, C) in the packed layout of kernels/packed.py (MADDNESS's reference layout): uint8
     ``[ceil(N/32), ceil(C/2), 32]``, codebook 2j in the low nibble, 2j+1 in the high one,
     padding rows and the missing high nibble of odd C zero."""
     N, C = codes.shape
@@ -145,9 +115,9 @@ def ref_encode_tree_packed(X, split_dims, thresholds):
     return ref_pack_codes(ref_encode_tree(X, split_dims, thresholds))
 
 
-def ref_scan_average_packed(packed, nrows, luts_q, scale, offset, out_bias):
-    return ref_scan_average(ref_unpack_codes(packed, nrows, luts_q.shape[0]), luts_q, scale,
-                            offset, out_bias)
+def ref_scan_average_packed(packed, nrows, luts_q, scales, offset_sums, out_bias):
+    return ref_scan_average(ref_unpack_codes(packed, nrows, luts_q.shape[0]), luts_q, scales,
+                            offset_sums, out_bias)
 
 
 # -- the SIMD primitives of kernels/simd.py, on NumPy arrays (u8x32: 32 uint8; u16x16: 16
@@ -191,24 +161,33 @@ def ref_high_nibbles(v):
     return v >> 4
 
 
-def ref_average_u8x32(a, b):
-    return ((a.astype(np.int64) + b + 1) >> 1).astype(np.uint8)
-
-
 def ref_add_u8x32(a, b):
     return ((a.astype(np.int64) + b) % 256).astype(np.uint8)
 
 
-def ref_widen_low(v):
-    return v[:16].astype(np.uint16)
+def ref_add_words(acc, v):
+    words = v[0::2].astype(np.int64) + 256 * v[1::2].astype(np.int64)
+    return ((acc.astype(np.int64) + words) % 65536).astype(np.uint16)
 
 
-def ref_widen_high(v):
-    return v[16:].astype(np.uint16)
+def ref_add_high_bytes(acc, v):
+    return ((acc.astype(np.int64) + v[1::2]) % 65536).astype(np.uint16)
 
 
-def ref_add_scaled_u16x16(acc, v, weight):
-    return ((acc.astype(np.int64) + v.astype(np.int64) * weight) % 65536).astype(np.uint16)
+def _row_sums(words, odd):
+    """All 32 byte sums from the word sums and the odd-byte sums."""
+    out = np.empty(32, np.int64)
+    out[0::2] = (words.astype(np.int64) - 256 * odd.astype(np.int64)) % 65536
+    out[1::2] = odd
+    return out.astype(np.uint16)
+
+
+def ref_row_sums_low(words, odd):
+    return _row_sums(words, odd)[:16]
+
+
+def ref_row_sums_high(words, odd):
+    return _row_sums(words, odd)[16:]
 
 
 def ref_store_dequantized(arr, start, v, inv_scale, shift):
@@ -229,7 +208,7 @@ def ref_zeros_i32x8():
 
 
 def ref_tree_step(node, x, level_thresholds):
-    """One MADDNESS tree level (maddness.md §2.2): go right (bit 1) iff x > the threshold
+    """One MADDNESS tree level (MADDNESS §4.1): go right (bit 1) iff x > the threshold
     of the current node."""
     return (2 * node + (x > level_thresholds[node])).astype(np.int32)
 
@@ -290,7 +269,7 @@ def ref_split_loss(X, rows, dim, threshold):
 
 
 def ref_best_split(X, rows, dim):
-    """Brute-force best cut of ``X[rows]`` on column ``dim`` (maddness.md §2.2).
+    """Brute-force best cut of ``X[rows]`` on column ``dim`` (MADDNESS §4.1).
 
     Every cut between two distinct sorted values is tried; the loss is SSE(left) +
     SSE(right) over all columns. Returns ``(loss, threshold, losses)``: the smallest

@@ -270,9 +270,39 @@ def test_defaults_and_small_inputs():
     ({"ncodebooks": 2.5}, TypeError, "ncodebooks"),
     ({"rerank": 0}, ValueError, "rerank"),
     ({"rerank": "many"}, TypeError, "rerank"),
-    ({"candidates": 3}, TypeError, "candidates"),
+    ({"candidates": 3}, ValueError, r"method 'fastscan' does not use the options \['candidates'\]"),
+    ({"train_rows": True}, TypeError, "train_rows must be an integer"),
 ])
 def test_bad_options_are_named(options, error, match):
     W = np.ones((40, 8), np.float32)
     with pytest.raises(error, match=match):
         le.MipsIndex(W, method="fastscan", **options)
+
+
+def test_check_state_accepts_a_build_and_names_what_the_kernels_would_misread():
+    """The state of a build (also after np.savez) passes; bounds that do not tile the d
+    columns, codes for another row count and too few centroids are named."""
+    rng = np.random.default_rng(6)
+    W = rng.standard_normal((70, 10)).astype(np.float32)
+    index = le.MipsIndex(W, method="fastscan", ncodebooks=3, rerank=8, random_state=0)
+    state = {key: getattr(index, "fastscan_" + key) for key in fastscan.STATE_KEYS}
+    fastscan.check_state(state, 70, 10)
+    np.testing.assert_array_equal(state["bounds"], [0, 4, 7, 10])
+    for key, value, match in [
+        ("bounds", np.array([0, 4, 7, 9], np.int64), "bounds must be subspace_bounds"),
+        ("bounds", np.array([0], np.int64), "bounds must be subspace_bounds"),
+        ("packed", state["packed"][:2], r"packed must have shape \(3, 2, 32\)"),
+        ("centroids", state["centroids"][:, :15], r"centroids must have shape \(3, 16, 4\)"),
+        ("rerank", np.int64(0), "rerank must be between 1 and"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            fastscan.check_state({**state, key: value}, 70, 10)
+    with pytest.raises(ValueError, match="packed must have shape"):
+        fastscan.check_state(state, 100, 10)  # rows the codes do not cover
+
+
+def test_default_codebooks_stay_within_the_uint16_scores():
+    assert fastscan.default_ncodebooks(128) == 48 and fastscan.default_ncodebooks(1) == 1
+    assert fastscan.default_ncodebooks(10**6) == fastscan.MAX_CODEBOOKS == 65534
+    with pytest.raises(ValueError, match="ncodebooks must be between 1 and 65534"):
+        fastscan.check_options({"ncodebooks": 65535}, 10**6)

@@ -105,9 +105,69 @@ def test_state_is_arrays_only(tmp_path):
     np.savez(tmp_path / "s.npz", **state)
     with np.load(tmp_path / "s.npz", allow_pickle=False) as f:
         loaded = {key: f[key] for key in f.files}
+    h2alsh.check_state(loaded, 2000, 8)
     Q = np.random.default_rng(3).standard_normal((5, 8)).astype(np.float32)
     for a, b in zip(h2alsh.search(state, W, norms, Q, 7, 1), h2alsh.search(loaded, W, norms, Q, 7, 1)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("options, checked", [
+    ({"c0": 1.1, "c": 0.25}, {"c0": 1.1, "c": 0.25}),
+    ({"c0": 100, "b": np.float32(0.5)}, {"c0": 100.0, "b": 0.5}),
+    ({"max_ring": np.int64(1), "scan_threshold": 0, "candidates": 1, "scan_size": 1},
+     {"max_ring": 1, "scan_threshold": 0, "candidates": 1, "scan_size": 1}),
+])
+def test_check_options_accepts_the_ends_of_each_range(options, checked):
+    got = h2alsh.check_options(options)
+    assert got == checked and all(type(v) is type(checked[k]) for k, v in got.items())
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"c0": 1.0999}, "c0 must be a finite number in"), ({"c0": 100.01}, "c0 must be"),
+    ({"c": 1e-300 * 0}, "c must be"), ({"b": float("inf")}, "b must be"),
+    ({"max_ring": 2**31}, "max_ring must be between 1 and 2147483647"),
+    ({"candidates": -1}, "candidates must be"), ({"c": 0.5, "b": 0.5}, "not both"),
+])
+def test_check_options_rejects_values_outside_the_ranges(options, match):
+    with pytest.raises(ValueError, match=match):
+        h2alsh.check_options(options, prefix="")
+
+
+def test_check_state_names_what_the_query_kernel_would_misread():
+    """A build passes; each defect the query kernel could not survive (or that would leave
+    result slots empty) is named: an empty ring, a threshold no row reaches, offsets
+    past the tables, an id outside its ring or twice in a table, NaN keys."""
+    rng = np.random.default_rng(8)
+    W, norms = _sorted_rows(_spread_rows(rng, 1500, 12, 0.2))
+    state = h2alsh.build(W, norms, b=0.9, scan_threshold=100, rng=0)
+    h2alsh.check_state(state, 1500, 12, prefix="p_")
+    g = int(np.flatnonzero(state["ring_m"])[0])
+    start = state["key_off"][g]
+
+    def changed(key, at, value):
+        array = state[key].copy()
+        array[at] = value
+        return {**state, key: array}
+
+    for bad, match in [
+        (changed("ring_bounds", 1, 0), "p_ring_bounds must rise strictly from 0 to"),
+        (changed("ring_l", g, state["ring_m"][g] + 1), "p_ring_l must be between 1 and"),
+        (changed("ring_l", g, 0), "p_ring_l must be between 1 and"),
+        (changed("proj_off", -1, state["proj_off"][-1] + 1), "p_proj_off must start at 0"),
+        (changed("key_off", g + 1, state["key_off"][g + 1] - 1), "p_key_off must start at 0"),
+        (changed("ids", start, 10**6), f"p_ids: each table of ring {g} must be a permutation"),
+        (changed("ids", start, state["ids"][start + 1]), "p_ids: each table"),
+        (changed("keys", start, np.nan), "p_keys contains NaN"),
+        ({**state, "width": np.float64(1.0)}, r"p_width must be bucket_width\(p_c0\)"),
+        ({**state, "scale": np.float64(0.0)}, "p_scale must be a finite number"),
+        ({**state, "proj": state["proj"][:, :-1]}, "p_proj must have shape"),
+        ({**state, "candidates": np.float64(100)}, "p_candidates must be a int64 array"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            h2alsh.check_state(bad, 1500, 12, prefix="p_")
+    with pytest.raises(ValueError, match="ring_bounds must rise strictly from 0 to the number "
+                                         "of rows 1501"):
+        h2alsh.check_state(state, 1501, 12)
 
 
 @given(seed=st.integers(0, 2**31), N=st.integers(1, 300), d=st.sampled_from([1, 2, 7, 16]),

@@ -1,7 +1,7 @@
 """The AVX2 path (kernels/simd.py, kernels/packed.py) against its plain twins and oracles.
 
 Primitives: intrinsic == plain twin == NumPy oracle, bit for bit. Packed MADDNESS: the
-encoder against ``ref_encode_tree_packed``; the scan bit-identical to the plain averaged
+encoder against ``ref_encode_tree_packed``; the scan bit-identical to the plain quantised
 scan (kernels/scan.py) on odd shapes. Dispatch: ``config.SIMD`` / ``LUTENGINE_SIMD`` and
 ``LutMatmul.predict`` with SIMD forced on and off. Cases needing AVX2 skip without it.
 """
@@ -42,7 +42,7 @@ def _harness(s):
     (compiled with the kernels' fast-math flags, which decide how the dequantising
     multiply-add rounds)."""
     @njit(fastmath=set(FASTMATH))
-    def run(table, codes, acc, weight, affine, out8, out16, out32):
+    def run(table, codes, acc, repeats, affine, out8, out16, out32):
         tab = s.load_table16(table, 3)
         v = s.load_u8x32(codes, 1)
         low = s.lookup_u8x32(tab, s.low_nibbles(v))
@@ -51,23 +51,26 @@ def _harness(s):
         s.store_u8x32(out8, 0, low)
         s.store_u8x32(out8, 32, high)
         s.store_u8x32(out8, 64, raw)
-        s.store_u8x32(out8, 96, s.average_u8x32(low, raw))
-        s.store_u8x32(out8, 128, s.add_u8x32(v, raw))
-        s.store_u8x32(out8, 160, s.add_u8x32(s.zeros_u8x32(), v))
+        s.store_u8x32(out8, 96, s.add_u8x32(v, raw))
+        s.store_u8x32(out8, 128, s.add_u8x32(s.zeros_u8x32(), v))
         a = s.load_u8x32(acc, 0)
-        s.store_u16x16(out16, 0, s.add_scaled_u16x16(s.zeros_u16x16(), s.widen_low(a), 1))
-        s.store_u16x16(out16, 16, s.add_scaled_u16x16(s.widen_high(v), s.widen_high(a), weight))
-        s.store_dequantized(out32, 3, s.add_scaled_u16x16(s.widen_high(v), s.widen_high(a), weight),
-                            affine[0], affine[1])
-        s.store_dequantized(out32, 19, low, affine[0], affine[1])
+        words = odd = s.zeros_u16x16()
+        for _ in range(repeats):  # up to 257 vectors of 255: the byte sums reach 65535
+            words = s.add_words(s.add_words(words, a), raw)
+            odd = s.add_high_bytes(s.add_high_bytes(odd, a), raw)
+        s.store_u16x16(out16, 0, words)
+        s.store_u16x16(out16, 16, odd)
+        s.store_u16x16(out16, 32, s.row_sums_low(words, odd))
+        s.store_u16x16(out16, 48, s.row_sums_high(words, odd))
+        s.store_dequantized(out32, 3, s.row_sums_high(words, odd), affine[0], affine[1])
     return run
 
 
 #: the plain twins under the intrinsics' names (a module, so jitted code can read it)
 _PLAIN = types.ModuleType("plain_twins")
 for _name in ("load_table16", "load_u8x32", "lookup_u8x32", "low_nibbles", "high_nibbles",
-              "store_u8x32", "average_u8x32", "add_u8x32", "zeros_u8x32", "zeros_u16x16",
-              "widen_low", "widen_high", "add_scaled_u16x16", "store_u16x16",
+              "store_u8x32", "add_u8x32", "zeros_u8x32", "zeros_u16x16", "add_words",
+              "add_high_bytes", "row_sums_low", "row_sums_high", "store_u16x16",
               "store_dequantized", "load_f32x8", "zeros_f32x8", "zeros_i32x8", "tree_step",
               "add_times_zero", "sum_f32x8", "narrow_u8x32", "pack_nibbles"):
     setattr(_PLAIN, _name, getattr(simd, _name + "_plain"))
@@ -126,22 +129,28 @@ def _tree_outputs(run, seed, nonfinite):
     return out8, out32
 
 
-def _reference_run(table, codes, acc, weight, affine, out8, out16, out32):
+def _reference_run(table, codes, acc, repeats, affine, out8, out16, out32):
     tab = ref.ref_load_table16(table, 3)
     v = ref.ref_load_u8x32(codes, 1)
     low = ref.ref_lookup_u8x32(tab, ref.ref_low_nibbles(v))
     high = ref.ref_lookup_u8x32(tab, ref.ref_high_nibbles(v))
     raw = ref.ref_lookup_u8x32(ref.ref_load_u8x32(table, 0), v)
-    for k, x in enumerate((low, high, raw, ref.ref_average_u8x32(low, raw),
-                           ref.ref_add_u8x32(v, raw), ref.ref_add_u8x32(ref.ref_zeros_u8x32(), v))):
+    for k, x in enumerate((low, high, raw, ref.ref_add_u8x32(v, raw),
+                           ref.ref_add_u8x32(ref.ref_zeros_u8x32(), v))):
         ref.ref_store_u8x32(out8, 32 * k, x)
     a = ref.ref_load_u8x32(acc, 0)
-    ref.ref_store_u16x16(out16, 0, ref.ref_add_scaled_u16x16(ref.ref_zeros_u16x16(),
-                                                             ref.ref_widen_low(a), 1))
-    ref.ref_store_u16x16(out16, 16, ref.ref_add_scaled_u16x16(ref.ref_widen_high(v),
-                                                              ref.ref_widen_high(a), weight))
-    ref.ref_store_dequantized(out32, 3, out16[16:], *affine)
-    ref.ref_store_dequantized(out32, 19, out8[:32], *affine)
+    words = odd = ref.ref_zeros_u16x16()
+    for _ in range(repeats):
+        words = ref.ref_add_words(ref.ref_add_words(words, a), raw)
+        odd = ref.ref_add_high_bytes(ref.ref_add_high_bytes(odd, a), raw)
+    ref.ref_store_u16x16(out16, 0, words)
+    ref.ref_store_u16x16(out16, 16, odd)
+    rows = np.concatenate([ref.ref_row_sums_low(words, odd), ref.ref_row_sums_high(words, odd)])
+    ref.ref_store_u16x16(out16, 32, rows[:16])
+    ref.ref_store_u16x16(out16, 48, rows[16:])
+    # the byte sums themselves, independently of the accumulators
+    np.testing.assert_array_equal(rows, repeats * (a.astype(np.int64) + raw))
+    ref.ref_store_dequantized(out32, 3, rows[16:], *affine)
 
 
 def _affine(seed):
@@ -149,38 +158,39 @@ def _affine(seed):
     return (np.random.default_rng(seed + 1).standard_normal(2) * [0.01, 1]).astype(np.float32)
 
 
-def _primitive_outputs(run, seed, weight):
+def _primitive_outputs(run, seed, repeats):
     rng = np.random.default_rng(seed)
     inputs = (rng.integers(0, 256, 40, dtype=np.uint8), rng.integers(0, 256, 40, dtype=np.uint8),
-              rng.integers(0, 256, 32, dtype=np.uint8), weight,
-              _affine(seed))
-    outputs = (np.zeros(192, np.uint8), np.zeros(32, np.uint16), np.zeros((2, 26), np.float32))
+              rng.integers(0, 256, 32, dtype=np.uint8), repeats, _affine(seed))
+    outputs = (np.zeros(160, np.uint8), np.zeros(64, np.uint16), np.zeros((2, 13), np.float32))
     run(*inputs, *outputs)
     return outputs
 
 
-@given(seed=seeds, weight=st.sampled_from([0, 1, 2, 16, 255, 300]))
-def test_plain_primitives_match_oracle(seed, weight):
-    got8, got16, got32 = _primitive_outputs(_run_plain, seed, weight)
-    expected8, expected16, expected32 = _primitive_outputs(_reference_run, seed, weight)
+#: how many times the harness adds its two vectors: 0, small, and up to the uint16 limit
+repeats = st.sampled_from([0, 1, 2, 16, 128])
+
+
+@given(seed=seeds, repeats=repeats)
+def test_plain_primitives_match_oracle(seed, repeats):
+    got8, got16, got32 = _primitive_outputs(_run_plain, seed, repeats)
+    expected8, expected16, expected32 = _primitive_outputs(_reference_run, seed, repeats)
     np.testing.assert_array_equal(got8, expected8)
     np.testing.assert_array_equal(got16, expected16)
     # Numba may fuse the dequantising multiply-add (fast-math "contract"), NumPy does not:
-    # the two differ by at most a rounding of each term (out32 holds out16[16:] at 3..18,
-    # out8[:32] at 19..50)
+    # the two differ by at most a rounding of each term (out32 holds out16[48:] at 3..18)
     inv_scale, shift = _affine(seed)
-    dequantized = np.concatenate([got16[16:], got8[:32]]).astype(np.float32)
-    terms = np.abs(dequantized * inv_scale) + np.abs(shift)
-    error = np.abs(got32.reshape(-1)[3:51] - expected32.reshape(-1)[3:51])
+    terms = np.abs(got16[48:].astype(np.float32) * inv_scale) + np.abs(shift)
+    error = np.abs(got32.reshape(-1)[3:19] - expected32.reshape(-1)[3:19])
     assert np.all(error <= 2 * np.finfo(np.float32).eps * terms)
-    np.testing.assert_array_equal(np.delete(got32.reshape(-1), range(3, 51)), 0)
+    np.testing.assert_array_equal(np.delete(got32.reshape(-1), range(3, 19)), 0)
 
 
 @needs_avx2
-@given(seed=seeds, weight=st.sampled_from([0, 1, 2, 16, 255, 300]))
-def test_intrinsics_match_plain_twins(seed, weight):
-    for got, expected in zip(_primitive_outputs(_run_simd, seed, weight),
-                             _primitive_outputs(_run_plain, seed, weight)):
+@given(seed=seeds, repeats=repeats)
+def test_intrinsics_match_plain_twins(seed, repeats):
+    for got, expected in zip(_primitive_outputs(_run_simd, seed, repeats),
+                             _primitive_outputs(_run_plain, seed, repeats)):
         np.testing.assert_array_equal(got, expected)
 
 
@@ -245,20 +255,19 @@ def test_scan_average_packed_bit_identical_to_plain_scan(parallel, n, c, m, seed
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, 16, (n, c), dtype=np.uint8)
     luts_q = rng.integers(0, 256, (c, 16, m), dtype=np.uint8)
-    scale, offset = np.float32(rng.uniform(0.01, 4.0)), np.float32(rng.standard_normal())
+    scales = rng.uniform(0.01, 4.0, m).astype(np.float32)
+    offset_sums = rng.standard_normal(m).astype(np.float32)
     out_bias = rng.standard_normal(m).astype(np.float32)
-    starts, sizes, _ = _dispatch.average_groups(c)
-    inv_scale, shift = _dispatch.dequantization(scale, c, offset, out_bias)
+    inv_scale, shift = _dispatch.dequantization(scales, offset_sums, out_bias)
     expected = np.empty((n, m), dtype=np.float32)
-    scan.scan_average_serial(codes, luts_q, starts, sizes, inv_scale, shift, expected, 256, 1)
+    scan.scan_average_serial(codes, luts_q, inv_scale, shift, expected, 256, 1)
     got_t = np.full((m, n), np.nan, dtype=np.float32)  # the kernel writes the transpose
-    pick(packed, "scan_average_packed", parallel)(ref.ref_pack_codes(codes), luts_q, starts,
-                                                  sizes, inv_scale, shift, got_t, block,
-                                                  nthreads())
+    pick(packed, "scan_average_packed", parallel)(ref.ref_pack_codes(codes), luts_q, inv_scale,
+                                                  shift, got_t, block, nthreads())
     got = got_t.T
     np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
-    oracle = ref.ref_scan_average_packed(ref.ref_pack_codes(codes), n, luts_q, scale, offset,
-                                         out_bias)
+    oracle = ref.ref_scan_average_packed(ref.ref_pack_codes(codes), n, luts_q, scales,
+                                         offset_sums, out_bias)
     np.testing.assert_allclose(got, oracle, rtol=1e-5, atol=1e-4 * (1 + np.abs(oracle).max()))
 
 
@@ -267,10 +276,14 @@ def test_scan_average_packed_two_threads_same_bits(threads):
     rng = np.random.default_rng(3)
     codes = ref.ref_pack_codes(rng.integers(0, 16, (3001, 19), dtype=np.uint8))
     luts_q = rng.integers(0, 256, (19, 16, 37), dtype=np.uint8)
+    scales = rng.uniform(0.1, 2.0, 37).astype(np.float32)
+    offset_sums = rng.standard_normal(37).astype(np.float32)
     with threads(2):
-        parallel = _dispatch.scan_average_packed(codes, 3001, luts_q, 0.5, 1.0, np.zeros(37))
+        parallel = _dispatch.scan_average_packed(codes, 3001, luts_q, scales, offset_sums,
+                                                 np.zeros(37))
     with threads(1):
-        serial = _dispatch.scan_average_packed(codes, 3001, luts_q, 0.5, 1.0, np.zeros(37))
+        serial = _dispatch.scan_average_packed(codes, 3001, luts_q, scales, offset_sums,
+                                               np.zeros(37))
     np.testing.assert_array_equal(parallel, serial)
 
 

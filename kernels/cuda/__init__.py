@@ -1,4 +1,4 @@
-"""numba.cuda twins of the hot kernels (issue 5): tree encoding, the averaged uint8 scan and
+"""numba.cuda twins of the hot kernels: tree encoding, the quantised uint8 scan and
 the H2-ALSH query, plus the small device helpers their callers need.
 
 Importing this package imports ``numba.cuda`` (the ``cuda`` extra, or the simulator with

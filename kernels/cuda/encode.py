@@ -1,6 +1,6 @@
 """Hash-tree encoding on the GPU: the twin of ``kernels.encode.encode_tree_*``.
 
-MADDNESS (Blalock & Guttag 2021, §4.1; maddness.md §2.2): tree ``c`` compares column
+MADDNESS (Blalock & Guttag 2021, §4.1): tree ``c`` compares column
 ``split_dims[c, level]`` with the heap-ordered threshold ``thresholds[c, 2**level - 1 +
 node]``; a value strictly above goes right (NaN never does), and the code is the 4 decision
 bits, most significant first.

@@ -1,10 +1,10 @@
 """H2-ALSH queries on the GPU: the twin of ``kernels.qalsh.h2alsh_search_*``, one thread per
 query (grid-stride over queries), per-thread scratch in global memory.
 
-The algorithm, the index layout and the conventions are those of :mod:`kernels.qalsh`
-(h2alsh.md §2.6 ring loop and early stops, §3.4 QALSH collision counting with virtual
-rehashing, §3.6 start radius), in the same float64 arithmetic and the same order, so the
-results equal the CPU kernel's. Also here: the query preparation and projections the CPU
+The algorithm, the index layout and the conventions are those of :mod:`kernels.qalsh` (the
+ring loop and early stops of H2-ALSH, Huang et al. KDD'18; QALSH collision counting with
+virtual rehashing and its start radius, Huang et al. VLDB'15), in the same float64
+arithmetic and the same order, so the results equal the CPU kernel's. Also here: the query preparation and projections the CPU
 path does on the host (:func:`prepare_queries`, :func:`project`), for device inputs.
 """
 

@@ -1,44 +1,19 @@
-"""The averaged uint8 lookup-accumulate on the GPU: the twin of
-``kernels.scan.scan_average_*`` (Blalock & Guttag 2021, §4.2; maddness.md §4.2–4.3).
+"""The quantised uint8 lookup-accumulate on the GPU: the twin of ``kernels.scan.scan_average_*``
+(Blalock & Guttag 2021, §4.2, with exact sums).
 
 Each thread block stages a tile of ``cols_per_tile`` table columns of every codebook in
 shared memory, then, for each row tile of ``rows_per_block`` rows it owns, the tile's codes
 (read coalesced: consecutive threads, consecutive bytes); every thread then computes whole
-outputs ``out[n, m]``. Integer part: the same groups and the same tree of rounded averages
-``(a + b + 1) >> 1`` as the CPU, summed exactly. Float part: ``fma(float32(acc),
-inv_scale, out_shift[m])``, the single multiply-add the CPU kernels compile to, so outputs
-are bit-identical to them.
+outputs ``out[n, m]``. Integer part: the exact sum of the uint8 entries, as on the CPU. Float
+part: ``fma(float32(acc), inv_scale[m], out_shift[m])``, the single multiply-add the CPU
+kernels compile to, so outputs are bit-identical to them.
 """
 
 from numba import cuda, float32, int32, uint8
 
 
-@cuda.jit(device=True)
-def _entry(tables, tile_codes, code_base, c, cols_per_tile, m):
-    """Staged table entry of codebook c for the row whose codes start at code_base."""
-    return int32(tables[(c * 16 + tile_codes[code_base + c]) * cols_per_tile + m])
-
-
-@cuda.jit(device=True)
-def _group_average(tables, tile_codes, code_base, c0, size, cols_per_tile, m, pairs):
-    """Rounded-average tree over codebooks c0 .. c0+size-1 (size a power of two ≤ 16)."""
-    if size == 1:
-        return _entry(tables, tile_codes, code_base, c0, cols_per_tile, m)
-    half = size // 2
-    for j in range(half):
-        a = _entry(tables, tile_codes, code_base, c0 + 2 * j, cols_per_tile, m)
-        b = _entry(tables, tile_codes, code_base, c0 + 2 * j + 1, cols_per_tile, m)
-        pairs[j] = (a + b + 1) >> 1
-    while half > 1:
-        half //= 2
-        for j in range(half):
-            pairs[j] = (pairs[2 * j] + pairs[2 * j + 1] + 1) >> 1
-    return pairs[0]
-
-
 @cuda.jit
-def scan_average(codes, luts, group_starts, group_sizes, inv_scale, out_shift, out,
-                 rows_per_block, cols_per_tile):
+def scan_average(codes, luts, inv_scale, out_shift, out, rows_per_block, cols_per_tile):
     """``out[n, m]`` from uint8 ``luts[C, 16, M]`` and ``codes[N, C]`` (C-contiguous).
 
     Launch with a 2-D grid (row tiles, column tiles) and ``C * (16 * cols_per_tile +
@@ -50,7 +25,6 @@ def scan_average(codes, luts, group_starts, group_sizes, inv_scale, out_shift, o
     table_bytes = ncodebooks * 16 * cols_per_tile
     tables = shared[:table_bytes]
     tile_codes = shared[table_bytes:table_bytes + rows_per_block * ncodebooks]
-    pairs = cuda.local.array(8, dtype=int32)
     thread, nthreads = cuda.threadIdx.x, cuda.blockDim.x
     nrow_tiles = (nrows + rows_per_block - 1) // rows_per_block
     ncol_tiles = (width_all + cols_per_tile - 1) // cols_per_tile
@@ -72,9 +46,9 @@ def scan_average(codes, luts, group_starts, group_sizes, inv_scale, out_shift, o
             for i in range(thread, tile_rows * width, nthreads):
                 r = i // width
                 m = i - r * width
-                acc = 0
-                for g in range(group_starts.shape[0]):
-                    acc += group_sizes[g] * _group_average(
-                        tables, tile_codes, r * ncodebooks, group_starts[g], group_sizes[g],
-                        cols_per_tile, m, pairs)
-                out[n0 + r, m0 + m] = cuda.fma(float32(acc), inv_scale, out_shift[m0 + m])
+                acc = int32(0)
+                for c in range(ncodebooks):
+                    code = int32(tile_codes[r * ncodebooks + c])
+                    acc += int32(tables[(c * 16 + code) * cols_per_tile + m])
+                out[n0 + r, m0 + m] = cuda.fma(float32(acc), inv_scale[m0 + m],
+                                               out_shift[m0 + m])

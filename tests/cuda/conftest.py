@@ -1,4 +1,4 @@
-"""CUDA tests (issue 5): run on the simulator (NUMBA_ENABLE_CUDASIM=1, a separate step of
+"""CUDA tests: run on the simulator (NUMBA_ENABLE_CUDASIM=1, a separate step of
 .ci/run) or on a real GPU (bench/gpu_check.py); skipped, with the reason, otherwise."""
 
 import numba

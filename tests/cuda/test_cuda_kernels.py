@@ -1,4 +1,4 @@
-"""The kernels.cuda twins against the CPU kernels and the NumPy oracles (issue 5)."""
+"""The kernels.cuda twins against the CPU kernels and the NumPy oracles."""
 
 import sys
 
@@ -63,15 +63,15 @@ def test_encode_flags_nonfinite_and_sends_nan_left():
 def _scan_inputs(rng, N, C, M):
     codes = rng.integers(0, 16, (N, C)).astype(np.uint8)
     luts_q = rng.integers(0, 256, (C, 16, M)).astype(np.uint8)
-    scale = np.float32(rng.uniform(0.2, 5.0))
-    offset = np.float32(rng.normal(0, 10))
+    scales = rng.uniform(0.2, 5.0, M).astype(np.float32)  # one per output
+    offset_sums = rng.normal(0, 10, M).astype(np.float32)
     out_bias = rng.normal(0, 3, M).astype(np.float32)
-    return codes, luts_q, scale, offset, out_bias
+    return codes, luts_q, scales, offset_sums, out_bias
 
 
-def _cuda_scan(codes, luts_q, scale, offset, out_bias):
+def _cuda_scan(codes, luts_q, scales, offset_sums, out_bias):
     out = _cuda.scan_average(cuda.to_device(codes), cuda.to_device(luts_q),
-                             _dispatch.dequantization(scale, codes.shape[1], offset, out_bias))
+                             _dispatch.dequantization(scales, offset_sums, out_bias))
     return out.copy_to_host()
 
 
@@ -88,14 +88,14 @@ def test_scan_bit_identical_to_cpu(N, C, M, seed):
 
 
 def test_scan_wide_outputs_match_the_fused_formula_exactly():
-    """Any M: exactly fma(float32(acc), 1/scale, shift) with the oracle's integer
-    accumulator and the dispatcher's shift, and the CPU to the bit."""
+    """Any M: exactly fma(float32(acc), 1/scales[m], shift[m]) with the oracle's integer
+    sums and the dispatcher's per-output scale and shift, and the CPU to the bit."""
     rng = np.random.default_rng(3)
-    codes, luts_q, scale, offset, out_bias = args = _scan_inputs(rng, 3, 5, 37)
+    codes, luts_q, scales, offset_sums, out_bias = args = _scan_inputs(rng, 3, 5, 37)
     got = _cuda_scan(*args)
-    acc = reference.ref_average_accumulate(codes, luts_q).astype(np.float64)
-    inv_scale, shift = _dispatch.dequantization(scale, 5, offset, out_bias)
-    fused = acc * np.float64(inv_scale) + shift.astype(np.float64)
+    acc = reference.ref_accumulate(codes, luts_q).astype(np.float64)
+    inv_scale, shift = _dispatch.dequantization(scales, offset_sums, out_bias)
+    fused = acc * inv_scale.astype(np.float64) + shift.astype(np.float64)
     np.testing.assert_array_equal(got, fused.astype(np.float32))
     np.testing.assert_array_equal(got, _dispatch.scan_average(*args))
 

@@ -42,3 +42,17 @@ def test_smoke_run(gpu_check, tmp_path, capsys):
                                                      "h2alsh search"}
     assert all(row.get("ms") is None or row["ms"] > 0 for row in report["rows"])
     assert report["gpu"] in capsys.readouterr().out
+
+
+@pytest.mark.runs_without_cuda
+@pytest.mark.parametrize("returncode", [0, 1, 2])
+def test_exit_status_is_the_cuda_tests_return_code(gpu_check, tmp_path, monkeypatch, capsys,
+                                                   returncode):
+    """A failing GPU test run makes the whole check fail (the timings are still written)."""
+    monkeypatch.setattr(gpu_check, "run_tests", lambda: (returncode, "the tests' output"))
+    monkeypatch.setattr(gpu_check, "measure", lambda sizes: [])
+    monkeypatch.setattr(gpu_check, "gpu_name", lambda: "Fake GPU")
+    assert gpu_check.main(["--out", str(tmp_path)]) == returncode
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["tests_returncode"] == returncode
+    assert ("the tests' output" in capsys.readouterr().out) == (returncode != 0)
