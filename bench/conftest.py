@@ -13,6 +13,7 @@ or the k-means of PQ to learn.
 """
 
 import contextlib
+import os
 import re
 
 import numba
@@ -180,6 +181,11 @@ def speedups_over_blas(benchmarks):
     return {group: {impl: times["blas"] / t for impl, t in times.items()}
             for group, times in sorted(mins.items(), key=lambda item: _group_key(item[0]))
             if "blas" in times}
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record the load average (1, 5, 15 min) at the end of the run: how quiet it was."""
+    machine_info["loadavg"] = [round(x, 2) for x in os.getloadavg()]
 
 
 @pytest.hookimpl(trylast=True)

@@ -105,7 +105,7 @@ def measure(sizes):
                     est.lut_scale_, est.lut_offsets_.sum(axis=0, dtype=np.float64), est.bias_)
                 timings = {
                     "encode": lambda: est.transform(A, device="cuda"),
-                    "scan": lambda: _cuda.scan_average(codes, luts_q, dequantization),
+                    "scan": lambda: _cuda.scan_quantized(codes, luts_q, dequantization),
                     "predict": lambda: est.predict(A, device="cuda"),
                 }
                 for op, fn in timings.items():

@@ -55,7 +55,7 @@ def test_scan(benchmark, pin_threads, A, fitted, C, kind):
     codes = est.transform(A)
     if kind == "int8":
         offset_sums = est.lut_offsets_.sum(axis=0, dtype=np.float64).astype(np.float32)
-        args = (_dispatch.scan_average, codes, est.luts_q_, est.lut_scale_, offset_sums,
+        args = (_dispatch.scan_quantized, codes, est.luts_q_, est.lut_scale_, offset_sums,
                 est.bias_)
     else:
         args = (_dispatch.scan_float, codes, est.luts_, est.bias_)

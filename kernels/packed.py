@@ -7,7 +7,7 @@ its low nibble, codebook ``2 j + 1`` in its high nibble. Rows past N and the hig
 the last pair when C is odd are 0. So one 32-byte load gives two codebooks of 32 rows.
 
 ``encode_tree_packed_*`` writes that layout straight from X (same trees as
-:mod:`kernels.encode`, C- or F-ordered X). ``scan_average_packed_*`` is the quantised scan
+:mod:`kernels.encode`, C- or F-ordered X). ``scan_quantized_packed_*`` is the quantised scan
 of :mod:`kernels.scan` on it, with the same integers: the tables of output ``m`` are
 broadcast to both lanes, ``vpshufb`` looks up 32 rows at once, and the looked-up bytes are
 summed exactly in uint16 with FAISS's fast-scan accumulation (:func:`kernels.simd.add_words`:
@@ -262,8 +262,8 @@ def _chunk_blocks(chunk, nchunks, nblocks):
 
 
 @njit(**JIT)
-def scan_average_packed_serial(packed, luts, inv_scale, out_shift, out_t, block_rows, nworkers):
-    """Serial twin of :func:`scan_average_packed_parallel` (``nworkers`` is ignored)."""
+def scan_quantized_packed_serial(packed, luts, inv_scale, out_shift, out_t, block_rows, nworkers):
+    """Serial twin of :func:`scan_quantized_packed_parallel` (``nworkers`` is ignored)."""
     tables = _output_tables(luts)
     nblocks = packed.shape[0]
     nchunks = max(1, (nblocks * BLOCK + block_rows - 1) // block_rows)
@@ -274,11 +274,11 @@ def scan_average_packed_serial(packed, luts, inv_scale, out_shift, out_t, block_
 
 
 @njit(**PJIT)
-def scan_average_packed_parallel(packed, luts, inv_scale, out_shift, out_t, block_rows,
+def scan_quantized_packed_parallel(packed, luts, inv_scale, out_shift, out_t, block_rows,
                                  nworkers):
     """Quantised MADDNESS scan of packed codes with uint8 ``luts[C, 16, M]`` into the
     transposed result ``out_t[M, N]`` (float32), equal bit for bit to
-    :func:`kernels.scan.scan_average_parallel` on the unpacked codes. The blocks are split
+    :func:`kernels.scan.scan_quantized_parallel` on the unpacked codes. The blocks are split
     into equal chunks of about ``block_rows`` rows, as many per worker (``nworkers``)."""
     tables = _output_tables(luts)
     nblocks = packed.shape[0]

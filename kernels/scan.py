@@ -4,7 +4,7 @@ Layout (MADDNESS's "row-gather"): tables are ``luts[c, k, m]`` with M contiguous
 (row, codebook) step adds one contiguous table row and LLVM vectorises across M. Rows are
 processed in blocks; each block owns its output rows and its scratch.
 
-``scan_average_*`` is MADDNESS's quantised accumulation (Blalock & Guttag 2021, §4.2) with
+``scan_quantized_*`` is MADDNESS's quantised accumulation (Blalock & Guttag 2021, §4.2) with
 exact sums: the uint8 entries are added in uint16, which cannot overflow for up to 256
 codebooks (256 · 255 < 2**16), instead of MADDNESS's trees of rounded averages, whose
 rounding error grows with C. The result is dequantised in place per output:
@@ -32,7 +32,7 @@ def _padded_tables(luts):
 
 
 @njit(**INLINE)
-def _scan_average_rows(codes, luts, inv_scale, out_shift, out, start, stop, acc):
+def _scan_quantized_rows(codes, luts, inv_scale, out_shift, out, start, stop, acc):
     """Rows start..stop-1 of out from the same rows of codes."""
     M = luts.shape[2]  # padded width; out has the true width
     for n in range(start, stop):
@@ -48,15 +48,15 @@ def _scan_average_rows(codes, luts, inv_scale, out_shift, out, start, stop, acc)
 
 
 @njit(**JIT)
-def scan_average_serial(codes, luts, inv_scale, out_shift, out, block_rows, nworkers):
-    """Serial twin of :func:`scan_average_parallel` (``nworkers`` is ignored)."""
+def scan_quantized_serial(codes, luts, inv_scale, out_shift, out, block_rows, nworkers):
+    """Serial twin of :func:`scan_quantized_parallel` (``nworkers`` is ignored)."""
     padded = _padded_tables(luts)
-    _scan_average_rows(codes, padded, inv_scale, out_shift, out, 0, codes.shape[0],
+    _scan_quantized_rows(codes, padded, inv_scale, out_shift, out, 0, codes.shape[0],
                        np.empty(padded.shape[2], np.uint16))
 
 
 @njit(**PJIT)
-def scan_average_parallel(codes, luts, inv_scale, out_shift, out, block_rows, nworkers):
+def scan_quantized_parallel(codes, luts, inv_scale, out_shift, out, block_rows, nworkers):
     """Quantised MADDNESS scan of uint8 ``luts[C, 16, M]`` into float32 ``out[N, M]``;
     each of ``nworkers`` workers takes every ``nworkers``-th block of rows."""
     nblocks = (codes.shape[0] + block_rows - 1) // block_rows
@@ -68,7 +68,7 @@ def scan_average_parallel(codes, luts, inv_scale, out_shift, out, block_rows, nw
         for b in range(w, nblocks, nworkers):
             start = b * block_rows
             stop = min(start + block_rows, codes.shape[0])
-            _scan_average_rows(codes, padded, inv_scale, out_shift, out, start, stop, acc)
+            _scan_quantized_rows(codes, padded, inv_scale, out_shift, out, start, stop, acc)
 
 
 @njit(**INLINE)

@@ -147,7 +147,7 @@ def scan_tiles(ncodebooks, nout):
     return rows, cols, ncodebooks * (16 * cols + rows)
 
 
-def scan_average(codes, luts_q, dequantization):
+def scan_quantized(codes, luts_q, dequantization):
     """The quantised scan of device ``codes`` with device tables, dequantised by ``(inv_scale,
     shift)`` (host float32 (M,), :func:`lutengine._dispatch.dequantization`): a float32 device
     array."""
@@ -158,7 +158,7 @@ def scan_average(codes, luts_q, dequantization):
     out = cuda.device_array((codes.shape[0], luts_q.shape[2]), dtype=np.float32)
     grid = (min(config.CUDA_MAX_BLOCKS, -(-codes.shape[0] // rows)),
             min(config.CUDA_MAX_BLOCKS, -(-luts_q.shape[2] // cols)))
-    scan.scan_average[grid, config.CUDA_THREADS_PER_BLOCK, 0, shared_bytes](
+    scan.scan_quantized[grid, config.CUDA_THREADS_PER_BLOCK, 0, shared_bytes](
         codes, luts_q, cuda.to_device(inv_scale), cuda.to_device(shift), out, rows, cols)
     return out
 
@@ -170,7 +170,7 @@ def predict(estimator, A):
                          "quantize=False runs on device='cpu'")
     X, on_device = _tree_estimator_input(estimator, A)
     _, _, luts_q = _device_state(estimator, _LUT_STATE)
-    out = scan_average(_encode(estimator, X), luts_q, _dispatch.dequantization(
+    out = scan_quantized(_encode(estimator, X), luts_q, _dispatch.dequantization(
         estimator.lut_scale_, estimator.lut_offsets_.sum(axis=0, dtype=np.float64),
         estimator.bias_))
     return _returned(on_device, out)

@@ -53,12 +53,12 @@ def encode_tree_packed(X, split_dims, thresholds):
     return codes, nonfinite
 
 
-def scan_average_packed(codes, nrows, luts_q, scales, offset_sums, out_bias):
-    """:func:`scan_average` on packed codes of ``nrows`` rows (same bits), F-ordered: the
+def scan_quantized_packed(codes, nrows, luts_q, scales, offset_sums, out_bias):
+    """:func:`scan_quantized` on packed codes of ``nrows`` rows (same bits), F-ordered: the
     kernel writes each output's column contiguously, as MADDNESS's reference does."""
     out_t = np.empty((luts_q.shape[2], nrows), dtype=np.float32)
-    kernel = packed.scan_average_packed_parallel if _parallel(nrows) \
-        else packed.scan_average_packed_serial
+    kernel = packed.scan_quantized_packed_parallel if _parallel(nrows) \
+        else packed.scan_quantized_packed_serial
     kernel(codes, luts_q, *dequantization(scales, offset_sums, out_bias), out_t,
            config.PACKED_SCAN_CHUNK_ROWS, numba.get_num_threads())
     return out_t.T
@@ -92,11 +92,11 @@ def dequantization(scales, offset_sums, out_bias):
     return inv_scale, shift
 
 
-def scan_average(codes, luts_q, scales, offset_sums, out_bias):
+def scan_quantized(codes, luts_q, scales, offset_sums, out_bias):
     """Quantised scan of codes (n, C) with uint8 tables (C, 16, M), per-output ``scales``
     (M,) and per-output sums of the tables' offsets (M,), plus ``out_bias``: float32 (n, M)."""
     out = np.empty((codes.shape[0], luts_q.shape[2]), dtype=np.float32)
-    kernel = scan.scan_average_parallel if _parallel(codes.shape[0]) else scan.scan_average_serial
+    kernel = scan.scan_quantized_parallel if _parallel(codes.shape[0]) else scan.scan_quantized_serial
     kernel(codes, luts_q, *dequantization(scales, offset_sums, out_bias), out,
            config.SCAN_BLOCK_ROWS, numba.get_num_threads())
     return out

@@ -39,15 +39,15 @@ def warmup():
     out = np.empty((40, 3), dtype=np.float32)
     out_bias = np.zeros(3, dtype=np.float32)
     inv_scale, shift = _dispatch.dequantization(scales, offsets.sum(axis=0), out_bias)
-    for variant in (scan.scan_average_serial, scan.scan_average_parallel):
+    for variant in (scan.scan_quantized_serial, scan.scan_quantized_parallel):
         variant(codes, luts_q, inv_scale, shift, out, 8, 2)
         compiled += 1
     if simd.has_avx2():  # the packed SIMD path (AVX2 code cannot even compile without it)
         codes_packed = np.empty((2, 1, packed.BLOCK), dtype=np.uint8)
         for encoder, scanner in ((packed.encode_tree_packed_serial,
-                                  packed.scan_average_packed_serial),
+                                  packed.scan_quantized_packed_serial),
                                  (packed.encode_tree_packed_parallel,
-                                  packed.scan_average_packed_parallel)):
+                                  packed.scan_quantized_packed_parallel)):
             encoder(X, dims, thresholds, codes_packed, 32, False, 2)
             encoder(XF, dims, thresholds, codes_packed, 32, True, 2)
             scanner(codes_packed, luts_q, inv_scale, shift,

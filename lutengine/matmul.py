@@ -143,7 +143,7 @@ class _LutEstimator:
             codes, _ = self._encode(rows, state)
             Y = rows @ B64 + bias
             exact_tables = _dispatch.scan_float(codes, state["luts_"], bias)
-            int8_tables = _dispatch.scan_average(codes, state["luts_q_"], state["lut_scale_"],
+            int8_tables = _dispatch.scan_quantized(codes, state["luts_q_"], state["lut_scale_"],
                                                  offsets, bias)
             sums += [np.sum((exact_tables - Y) ** 2), np.sum((int8_tables - Y) ** 2),
                      np.sum(Y ** 2)]
@@ -183,7 +183,7 @@ class _LutEstimator:
             A = self._validated(A)
             codes, nonfinite = self._encode_packed(A)
             raise_if_nonfinite_read(nonfinite, "A")
-            return _dispatch.scan_average_packed(codes, A.shape[0], self.luts_q_,
+            return _dispatch.scan_quantized_packed(codes, A.shape[0], self.luts_q_,
                                                  self.lut_scale_, self._lut_offset(), self.bias_)
         return self._scan(self.transform(A))
 
@@ -194,7 +194,7 @@ class _LutEstimator:
 
     def _scan(self, codes):
         if self.quantize:
-            return _dispatch.scan_average(codes, self.luts_q_, self.lut_scale_, self._lut_offset(),
+            return _dispatch.scan_quantized(codes, self.luts_q_, self.lut_scale_, self._lut_offset(),
                                           self.bias_)
         return _dispatch.scan_float(codes, self.luts_, self.bias_)
 

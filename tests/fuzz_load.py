@@ -160,7 +160,7 @@ def _exercise(obj):
     np.testing.assert_array_equal(codes, expected_codes)
     if obj.quantize:
         offsets = obj.lut_offsets_.sum(axis=0, dtype=np.float64)
-        expected = ref.ref_scan_average(codes, obj.luts_q_, obj.lut_scale_, offsets, obj.bias_)
+        expected = ref.ref_scan_quantized(codes, obj.luts_q_, obj.lut_scale_, offsets, obj.bias_)
     else:
         expected = ref.ref_scan_float(codes, obj.luts_, obj.bias_)
     got = obj.predict(A)

@@ -87,7 +87,7 @@ def ref_accumulate(codes, luts_q):
     return _gather(codes, luts_q).astype(np.int64).sum(axis=1)
 
 
-def ref_scan_average(codes, luts_q, scales, offset_sums, out_bias):
+def ref_scan_quantized(codes, luts_q, scales, offset_sums, out_bias):
     """Dequantised scan, float64 (N, M): ``acc / scales[m] + offset_sums[m] + out_bias[m]``."""
     acc = ref_accumulate(codes, luts_q)
     return (acc / np.asarray(scales, np.float64) + np.asarray(offset_sums, np.float64)
@@ -115,8 +115,8 @@ def ref_encode_tree_packed(X, split_dims, thresholds):
     return ref_pack_codes(ref_encode_tree(X, split_dims, thresholds))
 
 
-def ref_scan_average_packed(packed, nrows, luts_q, scales, offset_sums, out_bias):
-    return ref_scan_average(ref_unpack_codes(packed, nrows, luts_q.shape[0]), luts_q, scales,
+def ref_scan_quantized_packed(packed, nrows, luts_q, scales, offset_sums, out_bias):
+    return ref_scan_quantized(ref_unpack_codes(packed, nrows, luts_q.shape[0]), luts_q, scales,
                             offset_sums, out_bias)
 
 

@@ -286,57 +286,57 @@ def dequantize_inputs(rng, c, m, log_scales=(-8, 8)):
 
 @variant
 @given(n=rows, c=ncodebooks, m=outputs, seed=seeds, block=block_rows, full=st.booleans())
-def test_scan_average_accumulator_is_exact(parallel, n, c, m, seed, block, full):
+def test_scan_quantized_accumulator_is_exact(parallel, n, c, m, seed, block, full):
     """With scale 1 and no offsets the output is the exact integer sum of the entries."""
     rng = np.random.default_rng(seed)
     codes = random_codes(rng, n, c)
     luts_q = np.full((c, 16, m), 255, np.uint8) if full else rng.integers(0, 256, (c, 16, m), np.uint8)
     out = np.full((n, m), np.nan, dtype=np.float32)
-    pick(scan, "scan_average", parallel)(codes, luts_q, np.ones(m, np.float32),
+    pick(scan, "scan_quantized", parallel)(codes, luts_q, np.ones(m, np.float32),
                                          np.zeros(m, np.float32), out, block, nthreads())
     np.testing.assert_array_equal(out, ref.ref_accumulate(codes, luts_q))
 
 
 @variant
 @pytest.mark.parametrize("c", [16, 17, 255, 256])
-def test_scan_average_uint16_accumulator_does_not_overflow(parallel, c):
+def test_scan_quantized_uint16_accumulator_does_not_overflow(parallel, c):
     """All entries 255 at C = 256: the accumulator reaches 256 · 255 = 65280."""
     rng = np.random.default_rng(c)
     n, m = 37, 5
     codes = random_codes(rng, n, c)
     luts_q = np.full((c, 16, m), 255, dtype=np.uint8)
     out = np.empty((n, m), dtype=np.float32)
-    pick(scan, "scan_average", parallel)(codes, luts_q, np.ones(m, np.float32),
+    pick(scan, "scan_quantized", parallel)(codes, luts_q, np.ones(m, np.float32),
                                          np.zeros(m, np.float32), out, 8, nthreads())
     assert np.all(out == 255 * c)
 
 
 @variant
 @given(n=rows, c=ncodebooks, m=outputs, seed=seeds, block=block_rows)
-def test_scan_average_dequantises_per_output(parallel, n, c, m, seed, block):
+def test_scan_quantized_dequantises_per_output(parallel, n, c, m, seed, block):
     rng = np.random.default_rng(seed)
     codes = random_codes(rng, n, c)
     luts_q = rng.integers(0, 256, (c, 16, m), dtype=np.uint8)
     scales, offset_sums, out_bias = dequantize_inputs(rng, c, m)
     out = np.empty((n, m), dtype=np.float32)
-    pick(scan, "scan_average", parallel)(codes, luts_q,
+    pick(scan, "scan_quantized", parallel)(codes, luts_q,
                                          *_dispatch.dequantization(scales, offset_sums, out_bias),
                                          out, block, nthreads())
-    expected = ref.ref_scan_average(codes, luts_q, scales, offset_sums, out_bias)
+    expected = ref.ref_scan_quantized(codes, luts_q, scales, offset_sums, out_bias)
     magnitude = 255.0 * c / scales + np.abs(offset_sums) + np.abs(out_bias)
     assert_within(out, expected, 4 * EPS32 * magnitude)
 
 
 @given(T=lut_tables(), n=rows, seed=seeds)
 def test_quantised_scan_within_half_a_quantum_per_codebook(T, n, seed):
-    """quantize_luts then scan_average against the float sum of the tables: each output is
+    """quantize_luts then scan_quantized against the float sum of the tables: each output is
     off by at most C/2 of its own quanta, C · gap_m / 255.5 (plus float32 rounding), also
     next to an output 25 times larger."""
     C = T.shape[0]
     codes = random_codes(np.random.default_rng(seed), n, C)
     luts_q, offsets, scales = _dispatch.quantize_luts(T)
     out_bias = np.zeros(T.shape[2], np.float32)
-    got = _dispatch.scan_average(codes, luts_q, scales,
+    got = _dispatch.scan_quantized(codes, luts_q, scales,
                                  offsets.sum(axis=0, dtype=np.float64).astype(np.float32),
                                  out_bias)
     exact = ref.ref_scan_float(codes, T, out_bias)
@@ -408,7 +408,7 @@ def case_quantize_luts(rng, n):
     return lut, "quantize_luts", lambda kernel: quantize(kernel, T)
 
 
-def case_scan_average(rng, n):
+def case_scan_quantized(rng, n):
     codes = random_codes(rng, n, 19)
     luts_q = rng.integers(0, 256, (19, 16, 6), dtype=np.uint8)
     dequantization = _dispatch.dequantization(*dequantize_inputs(rng, 19, 6))
@@ -417,7 +417,7 @@ def case_scan_average(rng, n):
         out = np.empty((n, 6), dtype=np.float32)
         kernel(codes, luts_q, *dequantization, out, 16, nthreads())
         return (out,)
-    return scan, "scan_average", run
+    return scan, "scan_quantized", run
 
 
 def case_scan_float(rng, n):
@@ -444,7 +444,7 @@ def case_onehot_rowsum(rng, n):
 
 
 @pytest.mark.parametrize("case", [case_encode_tree, case_encode_pq, case_quantize_luts,
-                                  case_scan_average, case_scan_float, case_onehot_gram,
+                                  case_scan_quantized, case_scan_float, case_onehot_gram,
                                   case_onehot_rowsum], ids=lambda f: f.__name__[5:])
 @given(n=st.one_of(st.sampled_from([1, 17, 97, 1000]), st.integers(1, 700)), seed=seeds)
 def test_results_do_not_depend_on_threads(threads, case, n, seed):

@@ -148,7 +148,7 @@ def test_predict_is_the_oracle_pipeline_on_the_fitted_state(n, d, m, c_frac, see
     X = np.asfortranarray(A) if fortran else A
     codes = ref.ref_encode_tree(A, est.split_dims_, est.thresholds_)
     np.testing.assert_array_equal(est.transform(X), codes)
-    expected = ref.ref_scan_average(codes, est.luts_q_, est.lut_scale_,
+    expected = ref.ref_scan_quantized(codes, est.luts_q_, est.lut_scale_,
                                     est.lut_offsets_.astype(np.float64).sum(0), est.bias_)
     np.testing.assert_allclose(est.predict(X), expected, rtol=1e-5,
                                atol=1e-5 * (np.abs(expected).max() + 1))
@@ -342,7 +342,7 @@ def test_refit_that_fails_half_way_keeps_the_previous_model(make, monkeypatch):
         raise RuntimeError("injected failure")
 
     # the last stage of fit: everything else of the new model is built by then
-    monkeypatch.setattr(matmul._dispatch, "scan_average", fails)
+    monkeypatch.setattr(matmul._dispatch, "scan_quantized", fails)
     with pytest.raises(RuntimeError, match="injected failure"):
         est.fit(A16, B16)
     monkeypatch.undo()

@@ -110,13 +110,36 @@ def test_single_scale_baseline_equals_per_output_tables_for_one_output():
     np.testing.assert_allclose(baseline, est.predict(A), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("C", [2, 16, 48])
+def test_averaged_baseline_stays_within_the_rounding_bound_of_its_averages(C):
+    """MADDNESS's aggregation: each table entry rounds by ≤ 1/2 quantum, and each rounded
+    average of level l adds 0 or 2**(l-1) quanta, centred by the bias correction, so
+    |averaged − float tables| ≤ (C/2 + Σ_groups size/4·log2 size) quanta; and it is not the
+    exact sum."""
+    rng = np.random.default_rng(C)
+    A = rng.standard_normal((400, 64)).astype(np.float32)
+    B = rng.standard_normal((64, 5)).astype(np.float32)
+    est = le.LutMatmul(C, quantize=False, progress=False).fit(A, B)
+    codes = est.transform(A)
+    averaged = quantization.single_scale_int8(est.luts_, codes, np.zeros(5), averaged=True)
+    exact_sum = quantization.single_scale_int8(est.luts_, codes, np.zeros(5))
+    T = est.luts_.astype(np.float64)
+    gap = (T.max(axis=(1, 2)) - T.min(axis=(1, 2))).max()
+    quantum = 1 / (2.0 ** -np.ceil(np.log2(gap)) * (255.5 - 1e-10))
+    sizes = [16] * (C // 16) + [s for s in (8, 4, 2, 1) if C % 16 & s]
+    bound = (C / 2 + sum(s / 4 * np.log2(s) for s in sizes)) * quantum
+    assert np.abs(averaged - est.predict(A)).max() <= bound * (1 + 1e-6)
+    assert np.abs(exact_sum - est.predict(A)).max() <= C / 2 * quantum * (1 + 1e-6)
+    assert not np.allclose(averaged, exact_sum)
+
+
 @needs_minilm
 def test_experiment_on_tiny_sizes(tmp_path):
     result = quantization.run("digits", ncodebooks=(4, 8), n_tokens=512, max_train=600,
                               max_test=200, progress=False)
     assert [(r["layer"], r["ncodebooks"]) for r in result["rows"]] == \
         [(layer, C) for layer in quantization.LAYERS for C in (4, 8)]
-    assert len(result["curves"]) == 3 * len(result["rows"])
+    assert len(result["curves"]) == 4 * len(result["rows"])
     # the synthetic row recomputed outside run()
     A, A_test, B, bias = quantization.synthetic_outlier_layer("digits", None, 600, 200, 0)
     est = le.LutMatmul(8, progress=False).fit(A, B, bias=bias)

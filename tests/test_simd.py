@@ -251,7 +251,7 @@ def test_encode_tree_packed_reports_nonfinite(parallel, fortran, bad, seed):
 @needs_avx2
 @variant
 @given(n=rows, c=ncodebooks, m=outputs, seed=seeds, block=block_rows)
-def test_scan_average_packed_bit_identical_to_plain_scan(parallel, n, c, m, seed, block):
+def test_scan_quantized_packed_bit_identical_to_plain_scan(parallel, n, c, m, seed, block):
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, 16, (n, c), dtype=np.uint8)
     luts_q = rng.integers(0, 256, (c, 16, m), dtype=np.uint8)
@@ -260,29 +260,29 @@ def test_scan_average_packed_bit_identical_to_plain_scan(parallel, n, c, m, seed
     out_bias = rng.standard_normal(m).astype(np.float32)
     inv_scale, shift = _dispatch.dequantization(scales, offset_sums, out_bias)
     expected = np.empty((n, m), dtype=np.float32)
-    scan.scan_average_serial(codes, luts_q, inv_scale, shift, expected, 256, 1)
+    scan.scan_quantized_serial(codes, luts_q, inv_scale, shift, expected, 256, 1)
     got_t = np.full((m, n), np.nan, dtype=np.float32)  # the kernel writes the transpose
-    pick(packed, "scan_average_packed", parallel)(ref.ref_pack_codes(codes), luts_q, inv_scale,
+    pick(packed, "scan_quantized_packed", parallel)(ref.ref_pack_codes(codes), luts_q, inv_scale,
                                                   shift, got_t, block, nthreads())
     got = got_t.T
     np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
-    oracle = ref.ref_scan_average_packed(ref.ref_pack_codes(codes), n, luts_q, scales,
+    oracle = ref.ref_scan_quantized_packed(ref.ref_pack_codes(codes), n, luts_q, scales,
                                          offset_sums, out_bias)
     np.testing.assert_allclose(got, oracle, rtol=1e-5, atol=1e-4 * (1 + np.abs(oracle).max()))
 
 
 @needs_avx2
-def test_scan_average_packed_two_threads_same_bits(threads):
+def test_scan_quantized_packed_two_threads_same_bits(threads):
     rng = np.random.default_rng(3)
     codes = ref.ref_pack_codes(rng.integers(0, 16, (3001, 19), dtype=np.uint8))
     luts_q = rng.integers(0, 256, (19, 16, 37), dtype=np.uint8)
     scales = rng.uniform(0.1, 2.0, 37).astype(np.float32)
     offset_sums = rng.standard_normal(37).astype(np.float32)
     with threads(2):
-        parallel = _dispatch.scan_average_packed(codes, 3001, luts_q, scales, offset_sums,
+        parallel = _dispatch.scan_quantized_packed(codes, 3001, luts_q, scales, offset_sums,
                                                  np.zeros(37))
     with threads(1):
-        serial = _dispatch.scan_average_packed(codes, 3001, luts_q, scales, offset_sums,
+        serial = _dispatch.scan_quantized_packed(codes, 3001, luts_q, scales, offset_sums,
                                                np.zeros(37))
     np.testing.assert_array_equal(parallel, serial)
 

@@ -1,4 +1,4 @@
-"""The quantised uint8 lookup-accumulate on the GPU: the twin of ``kernels.scan.scan_average_*``
+"""The quantised uint8 lookup-accumulate on the GPU: the twin of ``kernels.scan.scan_quantized_*``
 (Blalock & Guttag 2021, §4.2, with exact sums).
 
 Each thread block stages a tile of ``cols_per_tile`` table columns of every codebook in
@@ -13,7 +13,7 @@ from numba import cuda, float32, int32, uint8
 
 
 @cuda.jit
-def scan_average(codes, luts, inv_scale, out_shift, out, rows_per_block, cols_per_tile):
+def scan_quantized(codes, luts, inv_scale, out_shift, out, rows_per_block, cols_per_tile):
     """``out[n, m]`` from uint8 ``luts[C, 16, M]`` and ``codes[N, C]`` (C-contiguous).
 
     Launch with a 2-D grid (row tiles, column tiles) and ``C * (16 * cols_per_tile +

@@ -1,9 +1,10 @@
 """How much the int8 tables lose against the float tables, on layers with outlier outputs.
 
-MADDNESS §4.1 (Blalock & Guttag 2021) quantises the lookup tables to 8 bits. One
-power-of-two scale shared by every output lets the widest output set the quantum of all;
-lutengine scales each output on its own (one scale per output, one offset per codebook and
-output). For C codebooks on
+MADDNESS (Blalock & Guttag 2021) quantises the lookup tables to 8 bits with one
+power-of-two scale shared by every output, and sums them by rounded averages (its "fast
+8-bit aggregation"). The widest output then sets the quantum of all, and the averages lose
+more as C grows. lutengine scales each output on its own (one scale per output, one offset
+per codebook and output) and sums the entries exactly. For C codebooks on
 
 - ``minilm``: a real transformer's FFN output dense (all-MiniLM-L6-v2, the layer with the
   most outlying output channel, :mod:`lutengine.experiments.minilm`), fitted on the first
@@ -12,9 +13,9 @@ output). For C codebooks on
   output is scaled ×25,
 
 each row gives the held-out nmse ‖Ŷ − Y‖² / ‖Y‖² of the float tables, of lutengine's
-per-output int8 tables (``predict``), and of the single-scale int8 baseline
-(:func:`single_scale_int8`) on the same codes, and the worst output's own nmse over its
-float-table nmse.
+per-output int8 tables (``predict``), and of the single-scale int8 baselines
+(:func:`single_scale_int8`, summed exactly and averaged as before) on the same codes, and
+the worst output's own nmse over its float-table nmse.
 """
 
 import numpy as np
@@ -34,24 +35,37 @@ LAYERS = ("minilm", "synthetic-outlier")
 SYNTHETIC_OUTPUTS, OUTLIER_FACTOR = 64, 25.0
 
 
-def single_scale_int8(luts, codes, bias):
-    """The baseline: int8 tables with ONE power-of-two scale for all outputs (MADDNESS
-    §4.1 as first implemented here), read with the kernels' accumulation (exact integer
-    sums, :mod:`kernels.scan`), in NumPy: float64 (n, M).
+def single_scale_int8(luts, codes, bias, averaged=False):
+    """The baselines: int8 tables with ONE power-of-two scale for all outputs, in NumPy:
+    float64 (n, M). With ``averaged``, read as MADDNESS's fast 8-bit aggregation reads them
+    and as lutengine did before its per-output scales (rounded averages of codebook pairs, level by level,
+    in groups of 16, the expected rounding bias subtracted); else with the kernels' exact
+    integer sums.
 
     Per codebook c the offset is its smallest entry over every code and output; the scale
     ``2**-ceil(log2(gap)) · 255.5`` (gap: the widest codebook range over all outputs) maps
     every table into [0, 255] with ``q = floor((T − offset)·scale + 0.5)``; the result is
-    ``Σ_c q[c, code_c] / scale + Σ_c offset_c + bias``."""
+    ``(Σ_c q[c, code_c] − rounding bias) / scale + Σ_c offset_c + bias``."""
     T = np.asarray(luts, dtype=np.float64)
     offsets = T.min(axis=(1, 2))
     gap = (T.max(axis=(1, 2)) - offsets).max()
     scale = 2.0 ** -np.ceil(np.log2(gap)) * (255.5 - 1e-10) if gap > 0 else 1.0
     q = np.floor((T - offsets[:, None, None]) * scale + 0.5).astype(np.int64)
-    acc = np.zeros((codes.shape[0], T.shape[2]), dtype=np.int64)
-    for c in range(T.shape[0]):
-        acc += q[c, codes[:, c]]
-    return acc / scale + offsets.sum() + np.asarray(bias, dtype=np.float64)
+    entries = q[np.arange(T.shape[0])[None, :], codes]  # (n, C, M)
+    C = T.shape[0]
+    sizes = [16] * (C // 16) + [s for s in (8, 4, 2, 1) if C % 16 & s] if averaged else [C]
+    acc, start, rounding_bias = 0, 0, 0.0
+    for size in sizes:
+        group = entries[:, start:start + size]
+        if averaged:
+            while group.shape[1] > 1:
+                group = (group[:, 0::2] + group[:, 1::2] + 1) >> 1
+            acc = acc + size * group[:, 0]
+            rounding_bias += size / 4 * np.log2(size)
+        else:
+            acc = group.sum(axis=1)
+        start += size
+    return (acc - rounding_bias) / scale + offsets.sum() + np.asarray(bias, dtype=np.float64)
 
 
 def _nmse(Y_hat, Y):
@@ -128,7 +142,9 @@ def run(dataset="mnist", ncodebooks=(16, 32, 64, 128), layers=LAYERS, n_tokens=8
             codes = est.transform(A_test)
             tables = {"float": est.set_params(quantize=False).predict(A_test),
                       "int8 per-output": est.set_params(quantize=True).predict(A_test),
-                      "int8 single-scale": single_scale_int8(est.luts_, codes, bias)}
+                      "int8 single-scale": single_scale_int8(est.luts_, codes, bias),
+                      "int8 single-scale averaged": single_scale_int8(est.luts_, codes, bias,
+                                                                      averaged=True)}
             nmse = {kind: _nmse(Y_hat, Y) for kind, Y_hat in tables.items()}
             worst = {kind: _worst_output_ratio(Y_hat, tables["float"], Y)
                      for kind, Y_hat in tables.items()}
@@ -138,6 +154,9 @@ def run(dataset="mnist", ncodebooks=(16, 32, 64, 128), layers=LAYERS, n_tokens=8
                 "single_scale_nmse": nmse["int8 single-scale"],
                 "per_output_over_float": nmse["int8 per-output"] / nmse["float"],
                 "single_scale_over_float": nmse["int8 single-scale"] / nmse["float"],
+                "averaged_single_scale_nmse": nmse["int8 single-scale averaged"],
+                "averaged_single_scale_over_float":
+                    nmse["int8 single-scale averaged"] / nmse["float"],
                 "worst_output_per_output": worst["int8 per-output"],
                 "worst_output_single_scale": worst["int8 single-scale"],
                 "train_float_nmse": est.float_nmse_,

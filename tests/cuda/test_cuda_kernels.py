@@ -70,7 +70,7 @@ def _scan_inputs(rng, N, C, M):
 
 
 def _cuda_scan(codes, luts_q, scales, offset_sums, out_bias):
-    out = _cuda.scan_average(cuda.to_device(codes), cuda.to_device(luts_q),
+    out = _cuda.scan_quantized(cuda.to_device(codes), cuda.to_device(luts_q),
                              _dispatch.dequantization(scales, offset_sums, out_bias))
     return out.copy_to_host()
 
@@ -83,8 +83,8 @@ def test_scan_bit_identical_to_cpu(N, C, M, seed):
     single multiply-add."""
     args = _scan_inputs(np.random.default_rng(seed), N, C, M)
     got = _cuda_scan(*args)
-    np.testing.assert_array_equal(got, _dispatch.scan_average(*args))
-    np.testing.assert_allclose(got, reference.ref_scan_average(*args), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(got, _dispatch.scan_quantized(*args))
+    np.testing.assert_allclose(got, reference.ref_scan_quantized(*args), rtol=1e-5, atol=1e-4)
 
 
 def test_scan_wide_outputs_match_the_fused_formula_exactly():
@@ -97,7 +97,7 @@ def test_scan_wide_outputs_match_the_fused_formula_exactly():
     inv_scale, shift = _dispatch.dequantization(scales, offset_sums, out_bias)
     fused = acc * inv_scale.astype(np.float64) + shift.astype(np.float64)
     np.testing.assert_array_equal(got, fused.astype(np.float32))
-    np.testing.assert_array_equal(got, _dispatch.scan_average(*args))
+    np.testing.assert_array_equal(got, _dispatch.scan_quantized(*args))
 
 
 @pytest.fixture(scope="module")
