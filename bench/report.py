@@ -6,8 +6,9 @@
 
 writes ``speed_matmul.md`` (one table per output count M: the speed-up of every
 implementation over 1-thread BLAS, min time over min time, per codebook count C) and
-``speed_matmul.png`` beside the JSON file. Nothing is typed by hand: machine, BLAS build,
-commit and load come from the JSON.
+``speed_matmul.png`` beside the JSON file, and rewrites the JSON without the per-round
+timings (``stats.data``; the summary statistics stay). Nothing is typed by hand: machine,
+BLAS build, commit and load come from the JSON.
 """
 
 import argparse
@@ -105,6 +106,9 @@ def main(argv=None):
     parser.add_argument("json", type=Path, help="pytest --benchmark-json output")
     args = parser.parse_args(argv)
     report = json.loads(args.json.read_text())
+    for bench in report["benchmarks"]:
+        bench["stats"].pop("data", None)
+    args.json.write_text(json.dumps(report, indent=1))
     ratios, blas_ms = speedups(report)
     out = args.json.with_suffix(".md")
     out.write_text(markdown(report, ratios, blas_ms))

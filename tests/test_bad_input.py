@@ -262,24 +262,13 @@ OTHER_CASES = {
     "codes 1-D": (lambda f: f.lut.predict_codes(np.zeros(2, np.uint8)),
                   ValueError, r"codes must have shape"),
     # unfitted estimators
-    "unfitted LutMatmul.predict": (lambda f: le.LutMatmul().predict(f.A),
-                                   le.NotFittedError, r"LutMatmul is not fitted yet"),
-    "unfitted LutMatmul.transform": (lambda f: le.LutMatmul().transform(f.A),
-                                     le.NotFittedError, r"LutMatmul is not fitted"),
-    "unfitted LutMatmul.predict_codes": (
-        lambda f: le.LutMatmul().predict_codes(np.zeros((1, 16), np.uint8)),
-        le.NotFittedError, r"LutMatmul is not fitted"),
-    "unfitted LutMatmul.save": (lambda f: le.LutMatmul().save("unused.npz"),
-                                le.NotFittedError, r"LutMatmul is not fitted"),
-    "unfitted PQMatmul.predict": (lambda f: le.PQMatmul().predict(f.A),
-                                  le.NotFittedError, r"PQMatmul is not fitted"),
-    "unfitted PQMatmul.transform": (lambda f: le.PQMatmul().transform(f.A),
-                                    le.NotFittedError, r"PQMatmul is not fitted"),
-    "unfitted PQMatmul.predict_codes": (
-        lambda f: le.PQMatmul().predict_codes(np.zeros((1, 16), np.uint8)),
-        le.NotFittedError, r"PQMatmul is not fitted"),
-    "unfitted PQMatmul.save": (lambda f: le.PQMatmul().save("unused.npz"),
-                               le.NotFittedError, r"PQMatmul is not fitted"),
+    **{f"unfitted {cls.__name__}.{name}": (lambda f, cls=cls, call=call: call(cls(), f),
+                                          le.NotFittedError, rf"{cls.__name__} is not fitted")
+       for cls in (le.LutMatmul, le.PQMatmul) for name, call in {
+           "predict": lambda est, f: est.predict(f.A),
+           "transform": lambda est, f: est.transform(f.A),
+           "predict_codes": lambda est, f: est.predict_codes(np.zeros((1, 16), np.uint8)),
+           "save": lambda est, f: est.save("unused.npz")}.items()},
     "unfitted MLP layer": (lambda f: nn.MLP([le.LutMatmul()]),
                            le.NotFittedError, r"LutMatmul is not fitted"),
     # nn: network structure, labels, sizes
