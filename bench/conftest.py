@@ -1,6 +1,6 @@
 """Shared fixtures of the benchmark suites: data, fitted estimators, pinned threads.
 
-Benchmarks are tests (design.md, Conventions): each one pins the BLAS and Numba thread
+Benchmarks are tests: each one pins the BLAS and Numba thread
 counts, records them in ``benchmark.extra_info``, and asserts correctness on the value it
 timed. ``pytest bench --benchmark-disable`` runs every benchmark once as a plain test.
 With benchmarks enabled, the terminal summary ends with the speed-up of every

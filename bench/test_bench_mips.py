@@ -5,7 +5,7 @@ Groups ``mips|N×d|norms|batch``: N ∈ {10^5, 10^6} rows, d ∈ {128, 512}, row
 thread each. With ``--benchmark-disable`` (CI) the same code runs once on N = 10^4 rows.
 Recall@10 against the exact answer is recorded in ``extra_info`` and asserted (exact
 methods: the exact top-10, ties aside). H2-ALSH's recall is only recorded: with the
-reference defaults it falls to ~0.3 on Gaussian rows in 512 dimensions (h2alsh.md §4).
+reference defaults it falls to ~0.3 on Gaussian rows in 512 dimensions.
 Nor fastscan's (4-bit PQ fast scan, default codebooks and rerank): it is approximate, and
 on 10^4 rows its default rerank of 1000 re-scores a tenth of them.
 """

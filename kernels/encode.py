@@ -1,6 +1,6 @@
 """Encoding rows of A into one 4-bit code per codebook (stored as uint8).
 
-``encode_tree_*``: MADDNESS hash trees (Blalock & Guttag 2021, §4.1; maddness.md §2.2).
+``encode_tree_*``: MADDNESS hash trees (Blalock & Guttag 2021, §4.1).
 Tree ``c`` reads column ``split_dims[c, level]`` at each of its 4 levels and compares it
 with the threshold of the current node, kept in heap order: ``thresholds[c, 2**level - 1
 + node]``. A value strictly above the threshold goes right; the code is the 4 decision

@@ -3,13 +3,13 @@
 With G the one-hot matrix of the training codes (N × 16C; never formed, its products
 come from ``kernels.onehot`` and ``kernels.scan``):
 
-``ridge_prototypes``: MADDNESS's prototypes (Blalock & Guttag 2021, §4.2; maddness.md
-§3.1). With P0 the stacked leaf means, ``P = argmin ‖A − G P‖² + λ ‖P − P0‖²``: a
-ridge that shrinks toward the leaf means, solved through the normal equations
+``ridge_prototypes``: MADDNESS's prototypes (Blalock & Guttag 2021, §4.2). With P0 the
+stacked leaf means, ``P = argmin ‖A − G P‖² + λ ‖P − P0‖²``: a ridge that shrinks toward the
+leaf means, solved through the normal equations
 ``(GᵀG + λI) P = GᵀA + λ P0``. P is dense over all D columns.
 
 ``optimize_luts``: ITLUMM's model-aware tables (McCarter & Dronen 2022, §2.2 "Model-Aware
-Lookup-Table Optimization"; peers.md §1). The tables T (C, 16, M) are fitted directly to
+Lookup-Table Optimization"). The tables T (C, 16, M) are fitted directly to
 the layer's output after its nonlinearity σ, ``min_T ℓ(σ(A B + b), σ(G T + b)) +
 λ ‖T − P0 B‖²``, by L-BFGS from the ridge tables P0 B. ℓ is the squared error, or the
 KL divergence between softmax outputs computed with log-softmax (ITLUMM passes

@@ -2,7 +2,7 @@
 
 A partition is ``(cols, bounds)``: codebook ``c`` owns the columns
 ``cols[bounds[c]:bounds[c + 1]]``. The ranges of ``bounds`` are always contiguous and
-disjoint, the first ``D mod C`` of them one column wider (maddness.md §2.1); a partition
+disjoint, the first ``D mod C`` of them one column wider; a partition
 only chooses the column order ``cols``. The kernels select columns through it, so A is
 never copied at predict time.
 

@@ -1,4 +1,4 @@
-"""Learning MADDNESS's 4-level hash trees (Blalock & Guttag 2021, §4.1; maddness.md §2.2).
+"""Learning MADDNESS's 4-level hash trees (Blalock & Guttag 2021, §4.1).
 
 One balanced binary regression tree per codebook, learned greedily on the codebook's
 column slice of the training rows. At each level every node shares one split column,

@@ -1,4 +1,4 @@
-"""The layering and kernel conventions of design.md, checked on the code itself."""
+"""The layering and kernel conventions of docs/architecture.md, checked on the code itself."""
 
 import ast
 import importlib

@@ -4,7 +4,7 @@ The curve behind the speed targets of the MIPS engine: N rows of dimension d, ev
 N(0, I) (``gaussian``) or additionally scaled by a log-normal norm (σ = 1,
 ``lognormal``), Gaussian queries answered one at a time (batch 1), k = 10, one thread.
 ``normscan`` is exact; H2-ALSH (Huang et al. 2018) trades recall for time through its
-candidate budget per ring (the reference default is 100, h2alsh.md §2.7); ``fastscan``
+candidate budget per ring (100 by default, as in Huang et al.); ``fastscan``
 (4-bit PQ fast scan, ``lutengine.fastscan``) through its codebook count and the number of
 candidates it re-ranks exactly (one index per codebook count, searched with each
 ``rerank``). Each time is the best of ``repeats`` passes over the queries, brute force
