@@ -426,4 +426,3 @@ def test_rows_dot_matches_oracle_for_any_thread_count(threads):
         results.append(out)
         np.testing.assert_allclose(out, ref.ref_rows_dot(W, ids, X), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(results[1], results[2])
-    assert numba.get_num_threads() >= 1
