@@ -131,7 +131,7 @@ def as_queries(Q, name, n_features):
     return Q
 
 
-# -- fitted state read from a file (lutengine.load) ------------------------------------------
+# -- options, and fitted state read from a file (lutengine.load) -----------------------------
 
 def check_index_range(values, name, low, high):
     """Every entry of the integer array ``values`` (read from a file) in [low, high): the
@@ -140,8 +140,6 @@ def check_index_range(values, name, low, high):
         raise ValueError(f"{name} holds values outside [{low}, {high}), which the kernels "
                          f"would index out of bounds")
 
-
-# -- options and stored state of the MIPS indexes ---------------------------------------------
 
 def check_int(value, name, low, high=None):
     """An integer (not a bool) in [low, high] (no upper limit when ``high`` is None), as int."""

@@ -152,8 +152,7 @@ class _LutEstimator:
 
     def _check_params(self, n_features):
         check_ncodebooks(self.ncodebooks, n_features)
-        if not isinstance(self.quantize, (bool, np.bool_)):
-            raise TypeError(f"quantize must be True or False, got {self.quantize!r}")
+        check_bool(self.quantize, "quantize")
 
     # -- inference ------------------------------------------------------------------------
     def _validated(self, A):
@@ -226,11 +225,10 @@ class _LutEstimator:
         if M == 0:
             raise ValueError("luts_ has no outputs")
         check_array(self.luts_q_, "luts_q_", np.uint8, (C, 16, M))
-        for name, shape in (("prototypes_", None), ("luts_", None), ("lut_offsets_", (C, M)),
-                            ("lut_scale_", (M,)), ("bias_", (M,))):
-            value = getattr(self, name) if shape is None else check_array(
-                getattr(self, name), name, np.float32, shape)
-            check_all_finite(value, name)
+        for name, shape in (("lut_offsets_", (C, M)), ("lut_scale_", (M,)), ("bias_", (M,))):
+            check_array(getattr(self, name), name, np.float32, shape)
+        for name in ("prototypes_", "luts_", "lut_offsets_", "lut_scale_", "bias_"):
+            check_all_finite(getattr(self, name), name)
         if not (self.lut_scale_ > 0).all():
             raise ValueError("lut_scale_ must be positive")
         cols = check_array(self.subspace_cols_, "subspace_cols_", np.int64, (D,))
