@@ -101,7 +101,7 @@ def measure(sizes):
                 A = cuda.to_device(rng.standard_normal((N, D)).astype(np.float32))
                 codes = est.transform(A, device="cuda")
                 _, _, luts_q = _cuda._device_state(est, _cuda._LUT_STATE)
-                dequantization = _dispatch.dequantization(
+                dequantization = _dispatch.lut.dequantization(
                     est.lut_scale_, est.lut_offsets_.sum(axis=0, dtype=np.float64), est.bias_)
                 timings = {
                     "encode": lambda: est.transform(A, device="cuda"),

@@ -1,14 +1,17 @@
-"""Speed tables from a pytest-benchmark JSON file: speed-up over single-thread BLAS.
+"""Speed tables from a pytest-benchmark JSON file, nothing typed by hand.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m pytest bench/test_bench_matmul.py \\
-        --benchmark-enable --benchmark-min-rounds=9 --benchmark-json=docs/results/speed_matmul.json
-    python bench/report.py docs/results/speed_matmul.json
+    python bench/report.py docs/results/speed_matmul.json   (bench/test_bench_matmul.py)
+    python bench/report.py docs/results/speed_mips.json     (bench/test_bench_mips.py)
+    python bench/report.py docs/results/speed_dask.json     (bench/test_bench_dask.py)
 
-writes ``speed_matmul.md`` (one table per output count M: the speed-up of every
-implementation over 1-thread BLAS, min time over min time, per codebook count C) and
-``speed_matmul.png`` beside the JSON file, and rewrites the JSON without the per-round
-timings (``stats.data``; the summary statistics stay). Nothing is typed by hand: machine,
-BLAS build, commit and load come from the JSON.
+(the benchmark commands are :data:`COMMANDS`) writes ``{stem}.md`` and ``{stem}.png`` beside
+the JSON file and rewrites the JSON without the per-round timings (``stats.data``; the
+summary statistics stay). The kind of table follows the benchmark groups (:func:`kind`):
+``matmul``, one table per output count M, the speed-up of every implementation over 1-thread
+BLAS (min time over min time) per codebook count C; ``mips``, per row count, dimension, norm
+distribution and batch, the speed-up of each search method over brute force (BLAS product +
+argpartition) and its recall@10; ``dask``, rows per second of ``predict`` locally and through
+Dask against 1-thread BLAS. Machine, BLAS build, commit and load average come from the JSON.
 """
 
 import argparse
@@ -20,7 +23,23 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-#: column order and headings of the table (implementations of bench/test_bench_matmul.py)
+_UNSET_BLAS_OVERRIDES = "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE"
+#: stem -> the commands that write ``docs/results/{stem}.json`` and its tables
+COMMANDS = {
+    "speed_matmul": (f"{_UNSET_BLAS_OVERRIDES} python -m pytest bench/test_bench_matmul.py "
+                     "--benchmark-enable --benchmark-min-rounds=9 "
+                     "--benchmark-json=docs/results/speed_matmul.json",
+                     "python bench/report.py docs/results/speed_matmul.json"),
+    "speed_mips": (f"{_UNSET_BLAS_OVERRIDES} python -m pytest bench/test_bench_mips.py "
+                   "--benchmark-enable --benchmark-min-rounds=5 "
+                   "--benchmark-json=docs/results/speed_mips.json",
+                   "python bench/report.py docs/results/speed_mips.json"),
+    "speed_dask": (f"{_UNSET_BLAS_OVERRIDES} python -m pytest bench/test_bench_dask.py "
+                   "--benchmark-enable --benchmark-json=docs/results/speed_dask.json",
+                   "python bench/report.py docs/results/speed_dask.json"),
+}
+
+#: column order and headings of the matmul tables (implementations of test_bench_matmul.py)
 COLUMNS = {
     "lutengine-simd-1t-F": "SIMD, F-order A",
     "lutengine-simd-1t": "SIMD, C-order A",
@@ -31,6 +50,17 @@ COLUMNS = {
     "blas-2t": "BLAS 2 threads",
     "pq-1t": "PQ",
 }
+#: the search methods of test_bench_mips.py compared with brute force, in column order
+MIPS_METHODS = {"normscan": "normscan (exact)", "h2alsh": "h2alsh (defaults)",
+                "fastscan": "fastscan (defaults)"}
+
+
+def kind(report):
+    """"mips" (groups ``mips|...``, bench/test_bench_mips.py), "dask" (``predict-dask|...``,
+    bench/test_bench_dask.py) or "matmul" (bench/test_bench_matmul.py)."""
+    groups = {(bench.get("group") or "").split("|")[0] for bench in report["benchmarks"]}
+    return {frozenset({"mips"}): "mips", frozenset({"predict-dask"}): "dask"}.get(
+        frozenset(groups), "matmul")
 
 
 def speedups(report):
@@ -46,6 +76,22 @@ def speedups(report):
     return ratios, blas_ms
 
 
+def mips_speedups(report):
+    """{(N, d, norms, batch): {method: (brute min time / method min time, recall@10)}} and
+    {(N, d, norms, batch): brute-force min ms}."""
+    mins = {}
+    for bench in report["benchmarks"]:
+        info = bench["extra_info"]
+        key = (info["N"], info["d"], info["norms"], info["batch"])
+        mins.setdefault(key, {})[info["method"]] = (bench["stats"]["min"], info["recall_at_10"])
+    ratios, brute_ms = {}, {}
+    for key, times in sorted(mins.items()):
+        brute = times["brute"][0]
+        ratios[key] = {method: (brute / t, recall) for method, (t, recall) in times.items()}
+        brute_ms[key] = brute * 1e3
+    return ratios, brute_ms
+
+
 def _blas_build(report):
     for bench in report["benchmarks"]:
         info = bench["extra_info"]
@@ -55,36 +101,105 @@ def _blas_build(report):
     return "unknown"
 
 
-def markdown(report, ratios, blas_ms):
+def provenance(report):
+    """The machine, BLAS build, commit, date and load average of a benchmark run."""
     machine, commit = report["machine_info"], report.get("commit_info", {})
     dirty = " (uncommitted changes)" if commit.get("dirty") else ""
-    lines = [
-        "# LutMatmul.predict against BLAS",
-        "",
-        "Written by `python bench/report.py` from `speed_matmul.json` (pytest-benchmark). "
-        "N = 10 000 rows, D = 512, float32; speed-up = min time of 1-thread BLAS / min time of "
-        "the implementation, all measured in the same run, threads pinned (BLAS via "
-        "threadpoolctl, Numba via `numba.set_num_threads`).",
-        "",
-        f"Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, "
-        f"{machine.get('cpu', {}).get('count', '?')} logical cores, "
-        f"Python {machine.get('python_version', '?')}; BLAS {_blas_build(report)}; commit "
-        f"{commit.get('id', '?')[:7]}{dirty}; run at {report.get('datetime', '?')}, load "
-        f"average (1, 5, 15 min) at its end {machine.get('loadavg', '?')}.",
-        "",
-        "![speed](speed_matmul.png)",
-    ]
+    return (f"Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, "
+            f"{machine.get('cpu', {}).get('count', '?')} logical cores, "
+            f"Python {machine.get('python_version', '?')}; BLAS {_blas_build(report)}; commit "
+            f"{commit.get('id', '?')[:7]}{dirty}; run at {report.get('datetime', '?')}, load "
+            f"average (1, 5, 15 min) at its end {machine.get('loadavg', '?')}.")
+
+
+def matmul_tables(report):
+    """Markdown lines: one table per output count M."""
+    ratios, blas_ms = speedups(report)
+    lines = []
     for M, by_c in ratios.items():
-        lines += ["", f"## M = {M} outputs", "",
+        lines += ["", f"**M = {M} outputs**", "",
                   "| C | " + " | ".join(COLUMNS.values()) + " | BLAS 1 thread (ms) |",
                   "|---" * (len(COLUMNS) + 2) + "|"]
         for C, row in by_c.items():
             cells = [f"{row[impl]:.1f}×" if impl in row else "–" for impl in COLUMNS]
             lines.append(f"| {C} | " + " | ".join(cells) + f" | {blas_ms[M][C]:.2f} |")
+    return lines
+
+
+def mips_table(report):
+    """Markdown lines: one row per (N, d, norms, batch), speed-up (recall@10) per method."""
+    ratios, brute_ms = mips_speedups(report)
+    lines = ["", "| N × d | norms | batch | brute force (ms) | "
+             + " | ".join(MIPS_METHODS.values()) + " |", "|---" * (4 + len(MIPS_METHODS)) + "|"]
+    for (N, d, norms, batch), row in ratios.items():
+        cells = [f"{row[m][0]:.2f}× ({row[m][1]:.3f})" if m in row else "–" for m in MIPS_METHODS]
+        lines.append(f"| {N} × {d} | {norms} | {batch} | {brute_ms[(N, d, norms, batch)]:.3g} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def dask_table(report):
+    """Markdown lines: one row per implementation, best and median time, rows per second
+    and the speed-up over 1-thread BLAS."""
+    stats = {bench["extra_info"]["impl"]: (bench["stats"], bench["extra_info"])
+             for bench in report["benchmarks"]}
+    blas = stats["blas"][0]["min"]
+    return ["", *markdown_table(["impl", "best (ms)", "median (ms)", "rows/s (best)",
+                              "speed-up over 1-thread BLAS"],
+                             [[f"`{impl}`", f"{s['min'] * 1e3:.0f}", f"{s['median'] * 1e3:.0f}",
+                               f"{info['rows'] / s['min'] / 1e6:.2f} M", f"{blas / s['min']:.1f}×"]
+                              for impl, (s, info) in stats.items()])]
+
+
+def markdown_table(header, rows):
+    """Markdown lines of a table: the header, then one line per row (cells as strings)."""
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def description(report):
+    """What was measured, in one paragraph."""
+    if kind(report) == "mips":
+        return ("Top-10 maximum inner product search, one thread; rows Gaussian or with "
+                "log-normal norms (σ = 1). Each cell: min time of brute force (BLAS product + "
+                "argpartition) / min time of the method, all measured in the same run, and in "
+                "brackets the recall@10 against the exact top-10.")
+    if kind(report) == "dask":
+        info = report["benchmarks"][0]["extra_info"]
+        return (f"`LutMatmul(ncodebooks={info['C']}).predict` with M = {info['M']} outputs on "
+                f"{info['rows']} rows × 512 columns (the matmul benchmark's activations repeated), "
+                "on one machine: `local-1t` / `local-2t` with 1 / 2 Numba threads; `dask-2x1t-*` "
+                "through `predict_dask` on a LocalCluster of 2 worker processes × 1 thread "
+                "(1 Numba and 1 BLAS thread each), the input already on the workers in 8 chunks, "
+                "the results kept on the workers (`persist`) or gathered into the client "
+                "(`gather`).")
+    return ("N = 10 000 rows, D = 512, float32; speed-up = min time of 1-thread BLAS / min time "
+            "of the implementation, all measured in the same run, threads pinned (BLAS via "
+            "threadpoolctl, Numba via `numba.set_num_threads`).")
+
+
+def tables(report):
+    """The Markdown lines of the report's tables."""
+    return {"mips": mips_table, "dask": dask_table, "matmul": matmul_tables}[kind(report)](report)
+
+
+#: page title of each kind of benchmark
+TITLES = {"matmul": "LutMatmul.predict against BLAS",
+          "mips": "MipsIndex.search against brute force",
+          "dask": "predict through Dask against the local call"}
+
+
+def markdown(report, stem):
+    """The page ``{stem}.md``: what was measured, the provenance, the plot, the tables."""
+    lines = [f"# {TITLES[kind(report)]}", "",
+             f"Written by `python bench/report.py` from `{stem}.json` (pytest-benchmark). "
+             f"{description(report)}", "", provenance(report), "", f"![speed]({stem}.png)",
+             *tables(report)]
     return "\n".join(lines) + "\n"
 
 
-def plot(ratios, path):
+def plot_matmul(report, path):
+    ratios, _ = speedups(report)
     fig, axes = plt.subplots(1, len(ratios), figsize=(5.5 * len(ratios), 4), squeeze=False)
     for ax, (M, by_c) in zip(axes[0], ratios.items()):
         Cs = list(by_c)
@@ -102,6 +217,44 @@ def plot(ratios, path):
     plt.close(fig)
 
 
+def plot_mips(report, path):
+    """One panel per norm distribution: the speed-up of each method per setting, as bars."""
+    ratios, _ = mips_speedups(report)
+    norms_seen = sorted({key[2] for key in ratios})
+    fig, axes = plt.subplots(1, len(norms_seen), figsize=(6 * len(norms_seen), 4), squeeze=False)
+    width = 0.8 / len(MIPS_METHODS)
+    for ax, norms in zip(axes[0], norms_seen):
+        keys = [key for key in ratios if key[2] == norms]
+        for i, (method, label) in enumerate(MIPS_METHODS.items()):
+            speedups = [ratios[key].get(method, (float("nan"),))[0] for key in keys]
+            ax.bar([x + i * width for x in range(len(keys))], speedups, width, label=label)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([x + width for x in range(len(keys))],
+                      [f"{N}×{d}\nbatch {batch}" for N, d, _, batch in keys], fontsize=7)
+        ax.set(yscale="log", ylabel="speed-up over brute force (1 thread)",
+               title=f"top-10 MIPS, {norms} rows")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_dask(report, path):
+    blas = next(b["stats"]["min"] for b in report["benchmarks"] if b["extra_info"]["impl"] == "blas")
+    impls = [b["extra_info"]["impl"] for b in report["benchmarks"]]
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    ax.barh(impls, [blas / b["stats"]["min"] for b in report["benchmarks"]])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set(xlabel="speed-up over 1-thread BLAS", title="LutMatmul.predict, local and through Dask")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+#: the plot of each kind of benchmark
+PLOTS = {"matmul": plot_matmul, "mips": plot_mips, "dask": plot_dask}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", type=Path, help="pytest --benchmark-json output")
@@ -110,10 +263,9 @@ def main(argv=None):
     for bench in report["benchmarks"]:
         bench["stats"].pop("data", None)
     args.json.write_text(json.dumps(report, indent=1))
-    ratios, blas_ms = speedups(report)
     out = args.json.with_suffix(".md")
-    out.write_text(markdown(report, ratios, blas_ms))
-    plot(ratios, args.json.with_suffix(".png"))
+    out.write_text(markdown(report, args.json.stem))
+    PLOTS[kind(report)](report, args.json.with_suffix(".png"))
     print(out.read_text())
 
 

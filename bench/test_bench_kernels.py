@@ -1,7 +1,7 @@
 """The two inference kernels alone, one Numba thread, M = 100 outputs.
 
 ``encode|C=…``: the hash-tree encoder (Blalock & Guttag 2021, §4.1) on C- and F-ordered A;
-``scan|M=100|C=…``: the lookup-accumulate, int8 tables summed exactly (§4.2) and float32. Each group also
+``scan|M=100|C=…``: the lookup-accumulate, int8 tables summed exactly (§4.4) and float32. Each group also
 times the exact BLAS product it replaces, so the summary reads as a share of a matmul.
 Kernels are called through ``lutengine._dispatch`` exactly as ``predict`` calls them (with
 one thread it picks the serial variants; the only extra work is allocating the output), and
@@ -43,7 +43,7 @@ def test_encode_tree(benchmark, pin_threads, A, A_fortran, fitted, C, order):
     benchmark.group = f"encode|C={C}"
     benchmark.extra_info.update(impl=f"tree-{order}", C=C, threads=1, order=order)
     pin_threads(1)
-    codes, nonfinite = benchmark(_dispatch.encode_tree, X, est.split_dims_, est.thresholds_)
+    codes, nonfinite = benchmark(_dispatch.lut.encode_tree, X, est.split_dims_, est.thresholds_)
     assert nonfinite == 0
     np.testing.assert_array_equal(codes, encode_tree_reference(A, est.split_dims_, est.thresholds_))
 
@@ -55,10 +55,10 @@ def test_scan(benchmark, pin_threads, A, fitted, C, kind):
     codes = est.transform(A)
     if kind == "int8":
         offset_sums = est.lut_offsets_.sum(axis=0, dtype=np.float64).astype(np.float32)
-        args = (_dispatch.scan_quantized, codes, est.luts_q_, est.lut_scale_, offset_sums,
+        args = (_dispatch.lut.scan_quantized, codes, est.luts_q_, est.lut_scale_, offset_sums,
                 est.bias_)
     else:
-        args = (_dispatch.scan_float, codes, est.luts_, est.bias_)
+        args = (_dispatch.lut.scan_float, codes, est.luts_, est.bias_)
     benchmark.group = f"scan|M={M}|C={C}"
     benchmark.extra_info.update(impl=kind, M=M, C=C, threads=1)
     pin_threads(1)

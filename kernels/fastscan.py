@@ -16,29 +16,32 @@ Per query:
    is constant), so that a row's sum of C entries always fits in uint16. Tables are
    ``qtables[q, Cpad, 16]`` with ``Cpad = 2 · npairs``; the padding table is 0.
    ``T``'s sum over codebooks is then ``score / scale + offset`` up to C/2 quanta.
-2. ``fastscan_scan_*``: the uint16 score ``Σ_c qtables[c, code_c]`` of every row: the
+2. ``fastscan_scan``: the uint16 score ``Σ_c qtables[c, code_c]`` of every row: the
    tables broadcast to both lanes, ``vpshufb`` looks up 32 rows at once, and the bytes
    are summed exactly in uint16 (FAISS's accumulation: the looked-up bytes read as words,
-   and their high bytes, see :func:`kernels.simd.add_words`; no averaging). ``*_plain_*`` is the
-   same integer sum as an ordinary loop (the fallback without AVX2, and the oracle).
-3. ``fastscan_search_*``: the rows are the directions u = w / ‖w‖ of the items, so the
-   approximate inner product of a row is ``a = ‖w‖ · (score / scale + offset)``. Fused
-   into the scan, block by block while the block is in L1, each score becomes a 16-bit
-   key, ``floor((a - lo) · kscale)`` over the range of every possible a (one float
-   multiply-add per row, vectorised), and each block's largest key is counted in a block
-   histogram. Selection: the cut ``t`` is the largest key with at least ``rerank`` rows
-   keyed ≥ t; the candidates are every row keyed > t, then the rows keyed t in row order,
-   ``rerank`` in all. A block whose largest key is ≥ t0 has a row ≥ t0, so the block
-   histogram gives a lower bound t0 of t, and only the rows of the (about ``rerank``)
-   blocks reaching t0 are counted row by row and collected. The candidates are re-scored
-   exactly (float32 dot products with the float rows) and the best k kept in a binary
-   heap (higher score first, lower row id on ties), written best first.
+   and their high bytes, see :func:`kernels.simd.add_words`; no averaging).
+   ``fastscan_scan_plain`` is the same integer sum as an ordinary loop (any CPU).
+3. ``fastscan_search`` (``fastscan_search_plain`` with the plain scan): the rows are the
+   directions u = w / ‖w‖ of the items, so the approximate inner product of a row is
+   ``a = ‖w‖ · (score / scale + offset)``. Fused into the scan, block by block while the
+   block is in L1, each score becomes a 16-bit key, ``floor((a - lo) · kscale)`` over the
+   range of every possible a (one float multiply-add per row, vectorised), and each block's
+   largest key is counted in a block histogram. Selection: the cut ``t`` is the largest key
+   with at least ``rerank`` rows keyed ≥ t; the candidates are every row keyed > t, then the
+   rows keyed t in row order, ``rerank`` in all. A block whose largest key is ≥ t0 has a row
+   ≥ t0, so the block histogram gives a lower bound t0 of t, and only the rows of the (about
+   ``rerank``) blocks reaching t0 are counted row by row and collected. The candidates are
+   re-scored exactly (float32 dot products with the float rows) and the best k kept in a
+   binary heap (higher score first, lower row id on ties), written best first.
 
 No ``argpartition`` over N scores: per query the work is the scan (N · npairs bytes), one
-float key per row, one histogram increment per 32 rows, and ``rerank`` dot products. The
-SIMD kernels need AVX2 (:func:`kernels.simd.has_avx2`); the caller
-(``lutengine.fastscan``) chooses them through the dispatcher. Parallel kernels split the
-queries over ``nworkers`` workers, each with its own scratch.
+float key per row, one histogram increment per 32 rows, and ``rerank`` dot products.
+
+Each kernel is one inlined body given the scan it calls (:func:`_scan_simd` or
+:func:`_scan_plain`), so a ``*_plain`` kernel never compiles AVX2 code: the SIMD ones need
+AVX2 (:func:`kernels.simd.has_avx2`) and the dispatcher chooses. The kernels split the
+queries over ``nworkers`` workers (a ``prange`` over workers, each with its own scratch;
+1 worker is the serial path).
 """
 
 import numpy as np
@@ -233,43 +236,31 @@ def _scan_plain(packed, qtable, nrows, scores, keys, offset, scale, norms, block
                        block_hist)
 
 
-@njit(**JIT)
-def fastscan_scan_serial(packed, qtables, nrows, scores):
-    """Serial twin of :func:`fastscan_scan_parallel`."""
-    hist, norms, block_max = _no_keys()
-    for q in range(qtables.shape[0]):
-        _scan_simd(packed, qtables[q], nrows, scores[q], False, np.float32(0.0),
-                   np.float32(1.0), norms, block_max, hist)
-
-
-@njit(**PJIT)
-def fastscan_scan_parallel(packed, qtables, nrows, scores):
-    """uint16 ``scores[q, 32 · nblocks]`` = Σ_c ``qtables[q, c, code_c]`` of every packed
-    row (AVX2); padding rows are scored too (all codes 0)."""
+@njit(**INLINE)
+def _scan_queries(scan, packed, qtables, nrows, scores, nworkers):
+    """uint16 ``scores[q]`` of every query by ``scan``; worker w takes queries w,
+    w + nworkers, …"""
     nq = qtables.shape[0]
-    for q in prange(nq):
+    nworkers = max(1, min(nworkers, nq))
+    for w in prange(nworkers):
         hist, norms, block_max = _no_keys()  # unused: scores only
-        _scan_simd(packed, qtables[q], nrows, scores[q], False, np.float32(0.0),
-                   np.float32(1.0), norms, block_max, hist)
-
-
-@njit(**JIT)
-def fastscan_scan_plain_serial(packed, qtables, nrows, scores):
-    """Serial twin of :func:`fastscan_scan_plain_parallel`."""
-    hist, norms, block_max = _no_keys()
-    for q in range(qtables.shape[0]):
-        _scan_plain(packed, qtables[q], nrows, scores[q], False, np.float32(0.0),
-                    np.float32(1.0), norms, block_max, hist)
+        for q in range(w, nq, nworkers):
+            scan(packed, qtables[q], nrows, scores[q], False, np.float32(0.0), np.float32(1.0),
+                 norms, block_max, hist)
 
 
 @njit(**PJIT)
-def fastscan_scan_plain_parallel(packed, qtables, nrows, scores):
-    """:func:`fastscan_scan_parallel` without SIMD: the same integers, any CPU."""
-    nq = qtables.shape[0]
-    for q in prange(nq):
-        hist, norms, block_max = _no_keys()
-        _scan_plain(packed, qtables[q], nrows, scores[q], False, np.float32(0.0),
-                    np.float32(1.0), norms, block_max, hist)
+def fastscan_scan(packed, qtables, nrows, scores, nworkers):
+    """uint16 ``scores[q, 32 · nblocks]`` = Σ_c ``qtables[q, c, code_c]`` of every packed
+    row (AVX2), padding rows too (all codes 0); each of ``nworkers`` workers takes every
+    ``nworkers``-th query."""
+    _scan_queries(_scan_simd, packed, qtables, nrows, scores, nworkers)
+
+
+@njit(**PJIT)
+def fastscan_scan_plain(packed, qtables, nrows, scores, nworkers):
+    """:func:`fastscan_scan` without SIMD: the same integers, any CPU."""
+    _scan_queries(_scan_plain, packed, qtables, nrows, scores, nworkers)
 
 
 # -- candidate selection and exact re-ranking --------------------------------------------
@@ -389,22 +380,26 @@ def _search_scratch(nblocks, rerank, k):
             np.empty(k, dtype=np.int64))
 
 
-@njit(**JIT)
-def fastscan_search_serial(packed, nrows, qtables, offsets, scales, norms, rows, Q, k, rerank,
-                           out_pos, out_scores, nworkers):
-    """Serial twin of :func:`fastscan_search_parallel` (``nworkers`` is ignored)."""
-    (scores, block_max, block_hist, hist, candidates, heap_s,
-     heap_i) = _search_scratch(packed.shape[0], rerank, k)
-    for q in range(Q.shape[0]):
-        _scan_simd(packed, qtables[q], nrows, scores, True, offsets[q], scales[q], norms,
-                   block_max, block_hist)
-        _select(scores, nrows, block_max, block_hist, hist, rerank, candidates)
-        _rerank(rows, Q[q], candidates, rerank, k, heap_s, heap_i, out_pos[q], out_scores[q])
+@njit(**INLINE)
+def _search_queries(scan, packed, nrows, qtables, offsets, scales, norms, rows, Q, k, rerank,
+                    out_pos, out_scores, nworkers):
+    """Top-k of every query with ``scan``; worker w takes queries w, w + nworkers, …"""
+    nq = Q.shape[0]
+    nworkers = max(1, min(nworkers, nq))
+    for w in prange(nworkers):
+        (scores, block_max, block_hist, hist, candidates, heap_s,
+         heap_i) = _search_scratch(packed.shape[0], rerank, k)  # once per worker
+        for q in range(w, nq, nworkers):
+            scan(packed, qtables[q], nrows, scores, True, offsets[q], scales[q], norms,
+                 block_max, block_hist)
+            _select(scores, nrows, block_max, block_hist, hist, rerank, candidates)
+            _rerank(rows, Q[q], candidates, rerank, k, heap_s, heap_i, out_pos[q],
+                    out_scores[q])
 
 
 @njit(**PJIT)
-def fastscan_search_parallel(packed, nrows, qtables, offsets, scales, norms, rows, Q, k,
-                             rerank, out_pos, out_scores, nworkers):
+def fastscan_search(packed, nrows, qtables, offsets, scales, norms, rows, Q, k, rerank,
+                    out_pos, out_scores, nworkers):
     """Approximate top-k by inner product of every query row of ``Q`` over the ``nrows``
     float ``rows`` (norms ``norms``, largest first) whose directions' PQ codes are
     ``packed`` (AVX2 scan; module docstring, step 3), with the query tables, offsets and
@@ -412,44 +407,13 @@ def fastscan_search_parallel(packed, nrows, qtables, offsets, scales, norms, row
     int64 ``out_pos[q, k]`` (row ids) and float32 ``out_scores[q, k]`` (exact
     ⟨rows[id], Q[q]⟩), best first, lower id first on ties. Each of ``nworkers`` workers
     takes every ``nworkers``-th query."""
-    nq = Q.shape[0]
-    nworkers = max(1, min(nworkers, nq))
-    for w in prange(nworkers):
-        (scores, block_max, block_hist, hist, candidates, heap_s,
-         heap_i) = _search_scratch(packed.shape[0], rerank, k)  # once per worker
-        for q in range(w, nq, nworkers):
-            _scan_simd(packed, qtables[q], nrows, scores, True, offsets[q], scales[q], norms,
-                       block_max, block_hist)
-            _select(scores, nrows, block_max, block_hist, hist, rerank, candidates)
-            _rerank(rows, Q[q], candidates, rerank, k, heap_s, heap_i, out_pos[q],
-                    out_scores[q])
-
-
-@njit(**JIT)
-def fastscan_search_plain_serial(packed, nrows, qtables, offsets, scales, norms, rows, Q, k,
-                                 rerank, out_pos, out_scores, nworkers):
-    """Serial twin of :func:`fastscan_search_plain_parallel`."""
-    (scores, block_max, block_hist, hist, candidates, heap_s,
-     heap_i) = _search_scratch(packed.shape[0], rerank, k)
-    for q in range(Q.shape[0]):
-        _scan_plain(packed, qtables[q], nrows, scores, True, offsets[q], scales[q], norms,
-                    block_max, block_hist)
-        _select(scores, nrows, block_max, block_hist, hist, rerank, candidates)
-        _rerank(rows, Q[q], candidates, rerank, k, heap_s, heap_i, out_pos[q], out_scores[q])
+    _search_queries(_scan_simd, packed, nrows, qtables, offsets, scales, norms, rows, Q, k,
+                    rerank, out_pos, out_scores, nworkers)
 
 
 @njit(**PJIT)
-def fastscan_search_plain_parallel(packed, nrows, qtables, offsets, scales, norms, rows, Q, k,
-                                   rerank, out_pos, out_scores, nworkers):
-    """:func:`fastscan_search_parallel` with the plain scan: the same results, any CPU."""
-    nq = Q.shape[0]
-    nworkers = max(1, min(nworkers, nq))
-    for w in prange(nworkers):
-        (scores, block_max, block_hist, hist, candidates, heap_s,
-         heap_i) = _search_scratch(packed.shape[0], rerank, k)  # once per worker
-        for q in range(w, nq, nworkers):
-            _scan_plain(packed, qtables[q], nrows, scores, True, offsets[q], scales[q],
-                        norms, block_max, block_hist)
-            _select(scores, nrows, block_max, block_hist, hist, rerank, candidates)
-            _rerank(rows, Q[q], candidates, rerank, k, heap_s, heap_i, out_pos[q],
-                    out_scores[q])
+def fastscan_search_plain(packed, nrows, qtables, offsets, scales, norms, rows, Q, k, rerank,
+                          out_pos, out_scores, nworkers):
+    """:func:`fastscan_search` with the plain scan: the same results, any CPU."""
+    _search_queries(_scan_plain, packed, nrows, qtables, offsets, scales, norms, rows, Q, k,
+                    rerank, out_pos, out_scores, nworkers)

@@ -1,6 +1,6 @@
 """Products with G, the one-hot matrix of codes (N × 16C), without forming G.
 
-``G[n, 16c + k] = 1`` iff ``codes[n, c] == k`` (MADDNESS §4.2). The ridge solve for the
+``G[n, 16c + k] = 1`` iff ``codes[n, c] == k`` (MADDNESS §4.3). The ridge solve for the
 prototypes needs ``GᵀG`` (co-occurrence counts of codes) and ``GᵀA`` (per-code sums of
 rows). Each parallel worker owns a part of the OUTPUT and reads every row, so there are
 no partial sums to hold or merge (memory is the output's at any N) and each output element

@@ -1,5 +1,5 @@
 """MADDNESS in the reference's packed layout, scanned with ``vpshufb`` (Blalock & Guttag
-2021, §4.2 and its reference implementation's layout).
+2021, §4.4 and its reference implementation's layout).
 
 Packed codes: ``packed[nblocks, npairs, 32]`` uint8 with ``nblocks = ceil(N / 32)`` and
 ``npairs = ceil(C / 2)``; byte ``packed[b, j, i]`` holds row ``32 b + i``: codebook ``2 j`` in

@@ -22,25 +22,33 @@ ties aside). A row becomes a candidate when it collides in ``>= l`` tables, i.e.
 moment its counter reaches ``l`` — counters grow by one and a table never shows an id twice,
 so this happens once per row and no separate "checked" flag is needed. Slots left empty
 (impossible when k <= N and the inputs are finite) hold position -1 and score -inf.
+
+One query, two targets: :func:`query_top_k` and its helpers are ``register_jitable``
+(Numba's generic target), compiled for whichever target calls them: here inside the CPU
+kernels (inheriting their fast-math flags and error model), and as device functions of the
+CUDA kernel :func:`kernels.cuda.qalsh.h2alsh_search`. So they use ``math`` and Numba scalar
+types, no NumPy functions.
 """
 
+import math
+
 import numpy as np
-from numba import njit, prange
+from numba import float64, njit, prange
+from numba.extending import register_jitable
 
 from ._flags import INLINE, JIT, PJIT
 
-
-@njit(**INLINE)
+@register_jitable
 def _better(s, p, s_other, p_other):
     return s > s_other or (s == s_other and p < p_other)
 
 
-@njit(**INLINE)
+@register_jitable
 def _kth(top_s, count, k):
-    return top_s[k - 1] if count == k else -np.inf
+    return top_s[k - 1] if count == k else -math.inf
 
 
-@njit(**INLINE)
+@register_jitable
 def _insert(top_s, top_p, count, k, s, p):
     """Insert (s, p) into the best-first list of ``count`` <= k entries; return the new count."""
     if count == k:
@@ -59,24 +67,24 @@ def _insert(top_s, top_p, count, k, s, p):
     return count
 
 
-@njit(**INLINE)
+@register_jitable
 def _dot(W, i, x):
     acc = 0.0
     for t in range(x.shape[0]):
-        acc += np.float64(W[i, t]) * x[t]
+        acc += float64(W[i, t]) * x[t]
     return acc
 
 
-@njit(**INLINE)
+@register_jitable
 def _half_range(Mg, lam, kth, scale, width):
     """R·w/2 with R = sqrt(2(M_g² − λ·kth)) in scaled units (the range cap); +inf while
     the top list is not full."""
-    if kth == -np.inf:
-        return np.inf
-    return np.sqrt(max(2.0 * (Mg * Mg - lam * kth / scale), 0.0)) * width / 2.0
+    if kth == -math.inf:
+        return math.inf
+    return math.sqrt(max(2.0 * (Mg * Mg - lam * kth / scale), 0.0)) * width / 2.0
 
 
-@njit(**INLINE)
+@register_jitable
 def _median(values, n):
     """Median (upper middle) of values[:n], sorting them in place (n is ~2m ≤ a few hundred)."""
     for i in range(1, n):
@@ -89,7 +97,7 @@ def _median(values, n):
     return values[n // 2]
 
 
-@njit(**JIT)
+@register_jitable
 def _search_ring(W, norms, x, xn, k, start, n, m, l, xkeys, p0, keys, ids, k0, scale, width, c0,
                  budget, scan_size, freq, touched, kq, left, right, active, exhausted, gaps,
                  top_s, top_p, count):
@@ -99,7 +107,7 @@ def _search_ring(W, norms, x, xn, k, start, n, m, l, xkeys, p0, keys, ids, k0, s
     # keys of Q_g(x) = [λx; 0]: λ times the batch projections of x
     ngaps = 0
     for j in range(m):
-        q = lam * np.float64(xkeys[p0 + j])
+        q = lam * float64(xkeys[p0 + j])
         kq[j] = q
         base = k0 + j * n
         lo, hi = 0, n
@@ -121,7 +129,7 @@ def _search_ring(W, norms, x, xn, k, start, n, m, l, xkeys, p0, keys, ids, k0, s
     # start radius from the median nearest gap, on the grid c0^i
     g = _median(gaps, ngaps)
     if g > 0.0:
-        radius = c0 ** np.ceil(np.log(2.0 * g / width) / np.log(c0))
+        radius = c0 ** float64(math.ceil(math.log(2.0 * g / width) / math.log(c0)))
     else:
         radius = 1e-6
     kth = _kth(top_s, count, k)
@@ -188,16 +196,17 @@ def _search_ring(W, norms, x, xn, k, start, n, m, l, xkeys, p0, keys, ids, k0, s
     return count
 
 
-@njit(**JIT)
-def _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, query_keys, keys,
-           ids, scale, width, c0, budget, scan_size, out_pos, out_scores, scratch):
-    """Top-k of one query over the rings, written to row ``qi`` of the outputs."""
-    x, freq, touched, kq, left, right, active, exhausted, gaps, top_s, top_p = scratch
+@register_jitable
+def query_top_k(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, query_keys,
+                keys, ids, scale, width, c0, budget, scan_size, x, freq, touched, kq, left,
+                right, active, exhausted, gaps, top_s, top_p):
+    """The best-first top list of query ``qi`` over the rings in ``top_s``/``top_p``; returns
+    its length (k unless the rings hold fewer rows)."""
     xn2 = 0.0
     for t in range(x.shape[0]):
         x[t] = Q[qi, t]
         xn2 += x[t] * x[t]
-    xn = np.sqrt(xn2)
+    xn = math.sqrt(xn2)
     count = 0
     if xn == 0.0:
         # every score is 0: the first k positions win the ties
@@ -219,9 +228,19 @@ def _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, q
         else:
             count = _search_ring(W, norms, x, xn, k, start, stop - start, ring_m[g], ring_l[g],
                                  query_keys[qi], proj_off[g], keys, ids, key_off[g], scale,
-                                 width, c0,
-                                 budget, scan_size, freq, touched, kq, left, right, active,
-                                 exhausted, gaps, top_s, top_p, count)
+                                 width, c0, budget, scan_size, freq, touched, kq, left, right,
+                                 active, exhausted, gaps, top_s, top_p, count)
+    return count
+
+
+@njit(**JIT)
+def _query(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off, query_keys, keys,
+           ids, scale, width, c0, budget, scan_size, out_pos, out_scores, scratch):
+    """Top-k of one query over the rings, written to row ``qi`` of the outputs."""
+    x, freq, touched, kq, left, right, active, exhausted, gaps, top_s, top_p = scratch
+    count = query_top_k(qi, W, norms, Q, k, ring_bounds, ring_m, ring_l, proj_off, key_off,
+                        query_keys, keys, ids, scale, width, c0, budget, scan_size, x, freq,
+                        touched, kq, left, right, active, exhausted, gaps, top_s, top_p)
     for i in range(k):
         if i < count:
             out_pos[qi, i] = top_p[i]

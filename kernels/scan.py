@@ -4,7 +4,7 @@ Layout (MADDNESS's "row-gather"): tables are ``luts[c, k, m]`` with M contiguous
 (row, codebook) step adds one contiguous table row and LLVM vectorises across M. Rows are
 processed in blocks; each block owns its output rows and its scratch.
 
-``scan_quantized_*`` is MADDNESS's quantised accumulation (Blalock & Guttag 2021, §4.2) with
+``scan_quantized_*`` is MADDNESS's quantised accumulation (Blalock & Guttag 2021, §4.4) with
 exact sums: the uint8 entries are added in uint16, which cannot overflow for up to 256
 codebooks (256 · 255 < 2**16), instead of MADDNESS's trees of rounded averages, whose
 rounding error grows with C. The result is dequantised in place per output:

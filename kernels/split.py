@@ -1,4 +1,4 @@
-"""The greedy split search of a MADDNESS hash-tree node (Blalock & Guttag 2021, §4.1).
+"""The greedy split search of a MADDNESS hash-tree node (Blalock & Guttag 2021, §4.2).
 
 Sort a bucket's rows by one column; for each cut between two distinct values, the loss
 is the SSE of the left rows plus the SSE of the right rows, summed over every column of

@@ -17,7 +17,8 @@ import numpy as np
 
 from . import _dispatch, config
 from ._validation import (
-    as_queries, check_choice, check_is_fitted, check_k, raise_if_nonfinite_read,
+    as_queries, check_choice, check_device_matrix, check_is_fitted, check_k,
+    raise_if_nonfinite_read,
 )
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -70,16 +71,10 @@ def _kernels():
 
 
 def _device_input(X, name, n_features):
-    """A 2-D float32 device array from a device input, checked like the host path."""
+    """A device input as a Numba device array, checked like the host path."""
     cuda = _cuda()
     X = X if getattr(X, "__cuda_ndarray__", False) else cuda.as_cuda_array(X)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty 2-D array, got shape {X.shape}")
-    if X.dtype != np.float32:
-        raise TypeError(f"{name} on the GPU must be float32 (it is used in place), got {X.dtype}")
-    if X.shape[1] != n_features:
-        raise ValueError(f"{name} has {X.shape[1]} columns, but the estimator was fitted with "
-                         f"{n_features} (shape {X.shape})")
+    check_device_matrix(X, name, n_features)
     return X
 
 
@@ -149,7 +144,7 @@ def scan_tiles(ncodebooks, nout):
 
 def scan_quantized(codes, luts_q, dequantization):
     """The quantised scan of device ``codes`` with device tables, dequantised by ``(inv_scale,
-    shift)`` (host float32 (M,), :func:`lutengine._dispatch.dequantization`): a float32 device
+    shift)`` (host float32 (M,), :func:`lutengine._dispatch.lut.dequantization`): a float32 device
     array."""
     cuda = _cuda()
     scan = _kernels()[2]
@@ -170,7 +165,7 @@ def predict(estimator, A):
                          "quantize=False runs on device='cpu'")
     X, on_device = _tree_estimator_input(estimator, A)
     _, _, luts_q = _device_state(estimator, _LUT_STATE)
-    out = scan_quantized(_encode(estimator, X), luts_q, _dispatch.dequantization(
+    out = scan_quantized(_encode(estimator, X), luts_q, _dispatch.lut.dequantization(
         estimator.lut_scale_, estimator.lut_offsets_.sum(axis=0, dtype=np.float64),
         estimator.bias_))
     return _returned(on_device, out)

@@ -13,16 +13,29 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when ``predict``/``transform``/``save`` are called before ``fit``."""
 
 
+def _check_real_dtype(dtype, name):
+    """Integers or floats: bool, complex, object and strings refused."""
+    if dtype == bool or not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise TypeError(f"{name} must be a real numeric array, got dtype {dtype}")
+
+
 def _real_array(X, name, what):
-    """X as an ndarray of integers or floats (bool, complex, object and strings refused)."""
+    """X as an ndarray of integers or floats."""
     if not isinstance(X, np.ndarray):
         try:
             X = np.asarray(X)
         except Exception as exc:  # ragged lists and the like
             raise TypeError(f"{name} must be a {what}; could not convert it: {exc}") from exc
-    if X.dtype == bool or not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
-        raise TypeError(f"{name} must be a real numeric array, got dtype {X.dtype}")
+    _check_real_dtype(X.dtype, name)
     return X
+
+
+def _check_matrix_shape(X, name):
+    """2-D and non-empty: any array type with ``ndim`` and ``shape`` (NumPy, device, dask)."""
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got {X.ndim}-D with shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} must not be empty, got shape {X.shape}")
 
 
 def as_float_matrix(X, name, *, keep_order=False, check_finite=True):
@@ -33,10 +46,7 @@ def as_float_matrix(X, name, *, keep_order=False, check_finite=True):
     to float32; views, read-only and memory-mapped arrays are read without a copy when
     they are already float32 and contiguous. X itself is never modified."""
     X = _real_array(X, name, "2-D numeric array")
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got {X.ndim}-D with shape {X.shape}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} must not be empty, got shape {X.shape}")
+    _check_matrix_shape(X, name)
     fortran = keep_order and X.flags.f_contiguous and not X.flags.c_contiguous
     X = np.asfortranarray(X, dtype=np.float32) if fortran else np.ascontiguousarray(X, dtype=np.float32)
     if check_finite:
@@ -69,6 +79,27 @@ def raise_if_nonfinite_read(count, name):
     """The encoders report whether they read NaN/Inf: turn that into an error."""
     if count:
         raise ValueError(f"{name} contains NaN or Inf values in the columns the encoder reads")
+
+
+def check_device_matrix(X, name, n_features):
+    """A GPU array, read in place: 2-D, non-empty, float32, ``n_features`` columns."""
+    _check_matrix_shape(X, name)
+    if X.dtype != np.float32:
+        raise TypeError(f"{name} on the GPU must be float32 (it is used in place), got {X.dtype}")
+    check_n_features(X, name, n_features)
+
+
+def check_row_chunked(X, name):
+    """A dask array of real numbers, 2-D and non-empty, its rows chunked and its columns
+    whole (checked by attributes: this module does not import dask)."""
+    if not (hasattr(X, "numblocks") and hasattr(X, "chunks")):
+        raise TypeError(f"{name} must be a dask.array.Array, got {type(X).__name__}; wrap a "
+                        f"NumPy array with dask.array.from_array({name}, chunks=(rows, -1))")
+    _check_matrix_shape(X, name)
+    _check_real_dtype(X.dtype, name)
+    if X.numblocks[1] != 1:
+        raise ValueError(f"{name} must have its columns in one chunk (rows chunked only), got "
+                         f"column chunks {X.chunks[1]}; use {name}.rechunk({{1: -1}})")
 
 
 def check_n_features(X, name, n_features):

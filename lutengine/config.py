@@ -1,6 +1,6 @@
 """Tunables passed to the kernels as arguments (never read as globals inside them).
 
-Values were chosen by measurement on a 2-core AVX2 machine (see docs/results/speed.md).
+Values were chosen by measurement on a 2-core AVX2 machine (see docs/results/speed_matmul.md).
 Tests may monkeypatch them.
 """
 

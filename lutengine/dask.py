@@ -10,7 +10,6 @@ builds no cluster layer of its own; see docs/scale-out.md for running it on a cl
 - :func:`set_worker_threads`: the Numba and BLAS thread counts of every worker.
 """
 
-import numbers
 import os
 
 import numba
@@ -25,7 +24,9 @@ except ImportError as exc:
     raise ImportError(f"lutengine.dask needs dask[array] and distributed ({exc.name} is missing): "
                       f'pip install "lutengine[dask]"') from exc
 
-from ._validation import as_queries, check_choice, check_k, check_n_features
+from ._validation import (
+    as_queries, check_choice, check_int, check_k, check_n_features, check_row_chunked,
+)
 from .matmul import LutMatmul, PQMatmul
 from .mips import METHODS, MipsIndex, _sorted_best_first
 from .sparse import TopKLinear
@@ -73,14 +74,11 @@ def set_worker_threads(client=None, numba_threads=1, blas_threads=1):
     within the machine's cores; start workers with ``NUMBA_NUM_THREADS`` to cap every task
     (docs/scale-out.md). Returns ``{worker address: {"numba_threads", "blas_threads"}}``.
     """
-    for name, value in (("numba_threads", numba_threads), ("blas_threads", blas_threads)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+    numba_threads = check_int(numba_threads, "numba_threads", 1)
+    blas_threads = check_int(blas_threads, "blas_threads", 1)
     client = _client(client)
     try:
-        client.register_plugin(_WorkerThreads(int(numba_threads), int(blas_threads)),
+        client.register_plugin(_WorkerThreads(numba_threads, blas_threads),
                                name=_PLUGIN_NAME)
     except Exception:
         client.unregister_worker_plugin(_PLUGIN_NAME)
@@ -103,23 +101,6 @@ def _client(client, required=True):
             raise ValueError("no dask.distributed Client: pass client= or start one first "
                              "(distributed.Client(scheduler_address))") from None
         return None
-
-
-def _check_row_chunked(X, name):
-    """X must be a 2-D numeric dask array with its rows chunked and its columns whole."""
-    if not isinstance(X, da.Array):
-        raise TypeError(f"{name} must be a dask.array.Array, got {type(X).__name__}; wrap a "
-                        f"NumPy array with dask.array.from_array({name}, chunks=(rows, -1))")
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got {X.ndim}-D with shape {X.shape}")
-    if X.dtype == bool or not (np.issubdtype(X.dtype, np.floating)
-                               or np.issubdtype(X.dtype, np.integer)):
-        raise TypeError(f"{name} must be a real numeric array, got dtype {X.dtype}")
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} must not be empty, got shape {X.shape}")
-    if X.numblocks[1] != 1:
-        raise ValueError(f"{name} must have its columns in one chunk (rows chunked only), got "
-                         f"column chunks {X.chunks[1]}; use {name}.rechunk({{1: -1}})")
 
 
 # -- batch inference --------------------------------------------------------------------------
@@ -153,7 +134,7 @@ def predict_dask(estimator, A, client=None):
     computes on dask's local scheduler.
     """
     n_features, n_outputs = _widths(estimator)
-    _check_row_chunked(A, "A")
+    check_row_chunked(A, "A")
     check_n_features(A, "A", n_features)
     client = _client(client, required=False)
     if client is None:
@@ -237,7 +218,7 @@ class ShardedMipsIndex:
         check_choice(method, "method", set(METHODS))
         self.client = _client(client)
         if isinstance(W, da.Array):
-            _check_row_chunked(W, "W")
+            check_row_chunked(W, "W")
             parts = W.to_delayed().ravel()
             biases = [None] * len(parts)
             if bias is not None:

@@ -1,4 +1,5 @@
-"""Checksum-verified loaders for MNIST and Fashion-MNIST IDX files.
+"""Checksum-verified loaders for MNIST and Fashion-MNIST IDX files, their download, and the
+Fashion-MNIST subset shipped in the package (``lutengine/data/``, MIT licence, © Zalando SE).
 
 Files are searched for in ``data_home``, then ``$LUTENGINE_DATA``, then
 ``~/.cache/lutengine``; dataset ``mnist`` lives in ``ROOT/mnist/`` and
@@ -50,6 +51,11 @@ _MIRRORS = {
         "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
     ),
 }
+
+#: the Fashion-MNIST subset shipped with the package (:func:`load_fashion_subset`)
+FASHION_SUBSET_PATH = Path(__file__).with_name("data") / "fashion_mnist_subset.npz"
+_FASHION_SUBSET_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+_FASHION_SUBSET_SHA256 = "5cd3a2803798d312a10420733bff2f43961036f7dcf168bc22273a3f39bfc082"
 
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -159,8 +165,8 @@ def find_dataset_dir(name, data_home=None):
     return None
 
 
-def _download(name, data_home):
-    """Fetch the missing files of ``name`` into the first writable root."""
+def _writable_folder(name, data_home):
+    """The first data root whose ``<subdir>`` can be created and written."""
     for root in _roots(data_home):
         folder = root / _SUBDIRS[name]
         try:
@@ -168,26 +174,66 @@ def _download(name, data_home):
         except OSError:
             continue
         if os.access(folder, os.W_OK):
-            break
-    else:
-        raise PermissionError(f"no writable data root among {_roots(data_home)}")
+            return folder
+    raise PermissionError(f"no writable data root among {[str(r) for r in _roots(data_home)]}")
+
+
+def _fetch(url, dest, progress):
+    """Stream ``url`` into ``dest`` (through ``dest.part``), with a tqdm bar in bytes."""
+    from tqdm.auto import tqdm
+
+    part = dest.with_name(dest.name + ".part")
+    with urllib.request.urlopen(url, timeout=60) as response, part.open("wb") as out:
+        total = response.headers.get("Content-Length")
+        with tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
+                  unit_divisor=1024, desc=dest.name, disable=not progress) as bar:
+            while chunk := response.read(1 << 16):
+                out.write(chunk)
+                bar.update(len(chunk))
+    part.replace(dest)
+
+
+def download_dataset(name, data_home=None, progress=True):
+    """Fetch the missing files of ``name`` from its public mirrors into the first writable
+    data root (``data_home``, ``$LUTENGINE_DATA``, ``~/.cache/lutengine``), then check them.
+
+    Parameters
+    ----------
+    name : {"mnist", "fashion"}
+    data_home : str or Path, optional
+    progress : bool
+        Show a progress bar (bytes) per file.
+
+    Returns
+    -------
+    Path
+        The folder holding the four verified files.
+
+    Raises
+    ------
+    ConnectionError
+        When no mirror could be reached for a file (offline, blocked, moved).
+    """
+    _check_name(name)
+    folder = _writable_folder(name, data_home)
     for stem in _FILES:
         if _locate(folder, stem):
             continue
         errors = []
         for mirror in _MIRRORS[name]:
             try:
-                with urllib.request.urlopen(mirror + stem + ".gz", timeout=60) as response:
-                    payload = response.read()
+                _fetch(mirror + stem + ".gz", folder / (stem + ".gz"), progress)
+                break
             except OSError as exc:
-                errors.append(f"{mirror}: {exc}")
-                continue
-            tmp = folder / (stem + ".gz.part")
-            tmp.write_bytes(payload)
-            tmp.replace(folder / (stem + ".gz"))
-            break
+                errors.append(f"  {mirror}{stem}.gz: {exc}")
         else:
-            raise OSError(f"could not download {stem}.gz: " + "; ".join(errors))
+            raise ConnectionError(
+                f"could not download {name} ({stem}.gz) from any mirror; are you offline?\n"
+                + "\n".join(errors)
+                + f"\nCopy the four files into {folder} by hand, or set ${ENV_VAR}.")
+    for stem in _FILES:
+        _verified_idx(_locate(folder, stem), _SHA256[name][stem])
+    return folder
 
 
 def _missing_message(name, data_home):
@@ -223,8 +269,7 @@ def load_dataset(name, split="train", data_home=None, download=False):
         raise ValueError(f"split must be one of {sorted(_SPLITS)}, got split={split!r}")
     folder = find_dataset_dir(name, data_home)
     if folder is None and download:
-        _download(name, data_home)
-        folder = find_dataset_dir(name, data_home)
+        folder = download_dataset(name, data_home)
     if folder is None:
         raise FileNotFoundError(_missing_message(name, data_home))
     img_stem, lbl_stem = _SPLITS[split]
@@ -248,7 +293,7 @@ def load_fashion_mnist(split="train", data_home=None, download=False):
 
 
 def load_digits():
-    """scikit-learn's 8x8 digits (the embedded default): pixels scaled to [0, 1] (divided
+    """scikit-learn's 8x8 digits (tiny runs and tests): pixels scaled to [0, 1] (divided
     by 16), the first 80% of rows for training and the last 20% for testing.
 
     Returns
@@ -264,14 +309,68 @@ def load_digits():
     return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
 
 
-def load_default(data_home=None):
-    """Load MNIST if available locally (never downloads), else :func:`load_digits`.
+def _arrays_digest(arrays):
+    """SHA-256 over each array's dtype, shape and bytes, in order (independent of the zip
+    container, whose timestamps change whenever the file is rewritten)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def write_fashion_subset(path=FASHION_SUBSET_PATH, data_home=None, per_class=(600, 100), seed=0):
+    """Regenerate the embedded subset from the full Fashion-MNIST: for each class, a fixed
+    random choice of ``per_class`` (train, test) images, kept in their original order, as
+    uint8 in ``np.savez_compressed``. Returns the SHA-256 of the arrays
+    (:data:`_FASHION_SUBSET_SHA256` is that of the shipped file)::
+
+        python -c "from lutengine import datasets; datasets.write_fashion_subset(data_home=DIR)"
+    """
+    folder = find_dataset_dir("fashion", data_home)
+    if folder is None:
+        raise FileNotFoundError(_missing_message("fashion", data_home))
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in zip(("train", "test"), per_class):
+        img_stem, lbl_stem = _SPLITS[split]
+        images = _verified_idx(_locate(folder, img_stem), _SHA256["fashion"][img_stem])
+        labels = _verified_idx(_locate(folder, lbl_stem), _SHA256["fashion"][lbl_stem])
+        keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == k), count, replace=False)
+                                       for k in range(10)]))
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = images[keep], labels[keep]
+    np.savez_compressed(path, **arrays)
+    return _arrays_digest(arrays[key] for key in _FASHION_SUBSET_ARRAYS)
+
+
+def load_fashion_subset():
+    """The Fashion-MNIST subset shipped in the package (6 000 training and 1 000 test images,
+    balanced classes; MIT licence, © Zalando SE), checked against its SHA-256.
+
+    Returns
+    -------
+    X_train, y_train, X_test, y_test : ndarrays (float32 in [0, 1], shape (n, 784) / int64)
+    """
+    with np.load(FASHION_SUBSET_PATH) as stored:
+        arrays = [stored[key] for key in _FASHION_SUBSET_ARRAYS]
+    actual = _arrays_digest(arrays)
+    if actual != _FASHION_SUBSET_SHA256:
+        raise ValueError(f"{FASHION_SUBSET_PATH}: SHA-256 mismatch (expected "
+                         f"{_FASHION_SUBSET_SHA256}, got {actual}); reinstall lutengine")
+    x_train, y_train, x_test, y_test = arrays
+    return (x_train.reshape(len(x_train), -1) / np.float32(255), y_train.astype(np.int64),
+            x_test.reshape(len(x_test), -1) / np.float32(255), y_test.astype(np.int64))
+
+
+def load_default(data_home=None, download=False):
+    """MNIST when found (or downloaded, with ``download=True``), else the embedded
+    Fashion-MNIST subset (:func:`load_fashion_subset`).
 
     Returns
     -------
     X_train, y_train, X_test, y_test : ndarrays (float32 / int64)
-    name : {"mnist", "digits"}
+    name : {"mnist", "fashion-subset"}
     """
-    if find_dataset_dir("mnist", data_home) is not None:
-        return (*load_mnist("train", data_home), *load_mnist("test", data_home), "mnist")
-    return (*load_digits(), "digits")
+    if download or find_dataset_dir("mnist", data_home) is not None:
+        return (*load_mnist("train", data_home, download), *load_mnist("test", data_home), "mnist")
+    return (*load_fashion_subset(), "fashion-subset")

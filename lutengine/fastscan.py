@@ -25,10 +25,7 @@ with ``np.savez``; :func:`check_state` checks one read from a file.
 import warnings
 
 import numpy as np
-from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
-
-from kernels import fastscan as _fastscan
 
 from . import _dispatch
 from ._validation import check_array, check_int
@@ -110,6 +107,7 @@ def build(W_sorted, norms_sorted, ncodebooks=None, rerank=1000, train_rows=65536
     norms = np.asarray(norms_sorted, dtype=np.float64)
     X = _directions(X, norms[sample])
     centroids = np.zeros((C, 16, int(np.diff(bounds).max())), dtype=np.float32)
+    from sklearn.cluster import KMeans  # here, not at import: sklearn takes ~2 s to load
     # many small k-means: BLAS threads only add overhead; few distinct rows leave clusters
     # empty or duplicated (ConvergenceWarning), harmless here
     with warnings.catch_warnings(), threadpool_limits(1):
@@ -126,7 +124,7 @@ def build(W_sorted, norms_sorted, ncodebooks=None, rerank=1000, train_rows=65536
     for start in range(0, N, ENCODE_CHUNK):  # directions a chunk at a time
         stop = min(N, start + ENCODE_CHUNK)
         U = _directions(W_sorted[start:stop], norms[start:stop]).astype(np.float32)
-        codes[start:stop] = _dispatch.encode_pq(U, cols, bounds, centroids)[0]
+        codes[start:stop] = _dispatch.lut.encode_pq(U, cols, bounds, centroids)[0]
     return {"packed": pack_codes(codes), "centroids": centroids, "bounds": bounds,
             "rerank": np.int64(rerank)}
 
@@ -157,15 +155,8 @@ def check_state(state, n_rows, n_cols, prefix=""):
 
 def query_tables(state, Q, nworkers):
     """uint8 tables (nq, Cpad, 16), float32 offsets and scales (nq,) of the queries."""
-    centroids, bounds = state["centroids"], state["bounds"]
-    nq = Q.shape[0]
-    qtables = np.empty((nq, state["packed"].shape[1] * 2, 16), dtype=np.uint8)
-    offsets = np.empty(nq, dtype=np.float32)
-    scales = np.empty(nq, dtype=np.float32)
-    kernel = _fastscan.fastscan_tables_parallel if nworkers > 1 and nq > 1 \
-        else _fastscan.fastscan_tables_serial
-    kernel(Q, centroids, bounds, qtables, offsets, scales, nworkers)
-    return qtables, offsets, scales
+    return _dispatch.search.fastscan_tables(Q, state["centroids"], state["bounds"],
+                                            state["packed"].shape[1], nworkers)
 
 
 def effective_rerank(state, k, nrows):
@@ -183,18 +174,8 @@ def search(state, W_sorted, norms_sorted, Q, k, nworkers):
     ``nworkers`` > 1 runs the parallel kernel over queries.
     """
     Q = np.ascontiguousarray(Q, dtype=np.float32)
-    nq, N = Q.shape[0], W_sorted.shape[0]
-    qtables, offsets, scales = query_tables(state, Q, nworkers)
-    out_pos = np.empty((nq, k), dtype=np.int64)
-    out_scores = np.empty((nq, k), dtype=np.float32)
-    parallel = nworkers > 1 and nq > 1
-    if _dispatch.use_simd():
-        kernel = _fastscan.fastscan_search_parallel if parallel \
-            else _fastscan.fastscan_search_serial
-    else:
-        kernel = _fastscan.fastscan_search_plain_parallel if parallel \
-            else _fastscan.fastscan_search_plain_serial
-    norms = np.ascontiguousarray(norms_sorted, dtype=np.float32)
-    kernel(state["packed"], N, qtables, offsets, scales, norms, W_sorted, Q, k,
-           effective_rerank(state, k, N), out_pos, out_scores, int(nworkers))
-    return out_pos, out_scores
+    N = W_sorted.shape[0]
+    return _dispatch.search.fastscan_search(
+        state["packed"], N, query_tables(state, Q, nworkers),
+        np.ascontiguousarray(norms_sorted, dtype=np.float32), W_sorted, Q, k,
+        effective_rerank(state, k, N), nworkers)

@@ -12,8 +12,7 @@ import math
 
 import numpy as np
 
-from kernels import qalsh as _qalsh
-
+from . import _dispatch
 from ._validation import check_array, check_int, check_real
 
 #: keys of the state dict, in a fixed order (for save/load)
@@ -224,15 +223,6 @@ def search(state, W_sorted, norms_sorted, Q, k, nworkers):
     first (equal scores: smaller position first). ``nworkers`` > 1 runs the parallel
     kernel with that many workers.
     """
-    nq, d = Q.shape
-    query_keys = Q @ state["proj"][:, :d].T  # every ring's projections: one matrix product
-    out_pos = np.empty((nq, k), dtype=np.int64)
-    out_scores = np.empty((nq, k), dtype=np.float32)
-    kernel = _qalsh.h2alsh_search_parallel if nworkers > 1 and nq > 1 else _qalsh.h2alsh_search_serial
-    kernel(W_sorted, np.asarray(norms_sorted, dtype=np.float32), Q, k,
-           state["ring_bounds"], state["ring_m"], state["ring_l"], state["proj_off"],
-           state["key_off"], query_keys, state["keys"], state["ids"],
-           float(state["scale"]), float(state["width"]), float(state["c0"]),
-           int(state["candidates"]) + k - 1, int(state["scan_size"]), out_pos, out_scores,
-           int(nworkers))
-    return out_pos, out_scores
+    query_keys = Q @ state["proj"][:, :Q.shape[1]].T  # every ring's projections: one product
+    return _dispatch.search.h2alsh_search(state, W_sorted, norms_sorted, Q, query_keys, k,
+                                          nworkers)

@@ -3,7 +3,7 @@
 With G the one-hot matrix of the training codes (N × 16C; never formed, its products
 come from ``kernels.onehot`` and ``kernels.scan``):
 
-``ridge_prototypes``: MADDNESS's prototypes (Blalock & Guttag 2021, §4.2). With P0 the
+``ridge_prototypes``: MADDNESS's prototypes (Blalock & Guttag 2021, §4.3). With P0 the
 stacked leaf means, ``P = argmin ‖A − G P‖² + λ ‖P − P0‖²``: a ridge that shrinks toward the
 leaf means, solved through the normal equations
 ``(GᵀG + λI) P = GᵀA + λ P0``. P is dense over all D columns.
@@ -30,7 +30,7 @@ from ._validation import check_choice, check_codes
 def ridge_prototypes(A, codes, initial_prototypes, lam=1.0):
     """Return prototypes (C, 16, D) float32 from A (N, D), codes (N, C) and P0 (C, 16, D)."""
     C, K, D = initial_prototypes.shape
-    gram, rowsum = _dispatch.onehot_gram(codes), _dispatch.onehot_rowsum(codes, A)
+    gram, rowsum = _dispatch.lut.onehot_gram(codes), _dispatch.lut.onehot_rowsum(codes, A)
     P0 = initial_prototypes.reshape(C * K, D).astype(np.float64)
     gram[np.diag_indices_from(gram)] += lam
     rowsum += lam * P0
@@ -105,7 +105,7 @@ def _loss_and_grad(codes, logits, bias, luts0, objective, activation, lam):
         T = x.reshape(shape)
         # G·T + b by the float32 scan: measured on MNIST (60000 rows, C=16), a float64
         # forward pass stops L-BFGS for the same reason (converged), losses within 1e-5
-        Z = _dispatch.scan_float(codes, T.astype(np.float32), bias32).astype(np.float64)
+        Z = _dispatch.lut.scan_float(codes, T.astype(np.float32), bias32).astype(np.float64)
         if objective == "kl":
             log_q = _log_softmax(Z)
             loss = (neg_entropy - np.sum(p * log_q)) / N
@@ -117,7 +117,7 @@ def _loss_and_grad(codes, logits, bias, luts0, objective, activation, lam):
             dZ = vjp(Z, S, (2.0 / N) * R)
         diff = T - luts0
         loss += lam / N * np.sum(diff * diff)
-        grad = _dispatch.onehot_rowsum(codes, dZ.astype(np.float32)).reshape(shape)
+        grad = _dispatch.lut.onehot_rowsum(codes, dZ.astype(np.float32)).reshape(shape)
         grad += (2.0 * lam / N) * diff
         return loss, grad.ravel()
 

@@ -1,9 +1,9 @@
 """Approximate ``A @ B (+ bias)`` with lookup tables.
 
 ``LutMatmul``: MADDNESS (Blalock & Guttag 2021): hash-tree encoding (§4.1), ridge
-prototypes (§4.2), int8 lookup tables (one scale per output); with ITLUMM's options
-(McCarter & Dronen 2022): permuted subspaces (§3.1) and tables fitted through the
-layer's nonlinearity (§3.2).
+prototypes (§4.3), int8 lookup tables (§4.4; one scale per output); with ITLUMM's options
+(McCarter & Dronen 2022): permuted subspaces (§2.1) and tables fitted through the
+layer's nonlinearity (§2.2).
 ``PQMatmul``: the product-quantisation baseline (16 k-means centroids per subspace).
 Both share the table build, the scan kernel and the ``.npz`` persistence.
 """
@@ -12,8 +12,6 @@ import numbers
 import warnings
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -105,8 +103,8 @@ class _LutEstimator:
         cols, bounds = self._partition(A)
         state = {**self._fit_encoder(A, cols, bounds), "subspace_cols_": cols,
                  "subspace_bounds_": bounds, "bias_": bias}
-        luts = self._fit_luts(A, B, state, _dispatch.build_luts(state["prototypes_"], B))
-        luts_q, offsets, scale = _dispatch.quantize_luts(luts)
+        luts = self._fit_luts(A, B, state, _dispatch.lut.build_luts(state["prototypes_"], B))
+        luts_q, offsets, scale = _dispatch.lut.quantize_luts(luts)
         state.update(luts_=luts, luts_q_=luts_q, lut_offsets_=offsets, lut_scale_=scale)
         state.update(self._training_errors(A, B, state))
         self._set_state(state)
@@ -142,8 +140,8 @@ class _LutEstimator:
             rows = A[start:start + step]
             codes, _ = self._encode(rows, state)
             Y = rows @ B64 + bias
-            exact_tables = _dispatch.scan_float(codes, state["luts_"], bias)
-            int8_tables = _dispatch.scan_quantized(codes, state["luts_q_"], state["lut_scale_"],
+            exact_tables = _dispatch.lut.scan_float(codes, state["luts_"], bias)
+            int8_tables = _dispatch.lut.scan_quantized(codes, state["luts_q_"], state["lut_scale_"],
                                                  offsets, bias)
             sums += [np.sum((exact_tables - Y) ** 2), np.sum((int8_tables - Y) ** 2),
                      np.sum(Y ** 2)]
@@ -182,7 +180,7 @@ class _LutEstimator:
             A = self._validated(A)
             codes, nonfinite = self._encode_packed(A)
             raise_if_nonfinite_read(nonfinite, "A")
-            return _dispatch.scan_quantized_packed(codes, A.shape[0], self.luts_q_,
+            return _dispatch.lut.scan_quantized_packed(codes, A.shape[0], self.luts_q_,
                                                  self.lut_scale_, self._lut_offset(), self.bias_)
         return self._scan(self.transform(A))
 
@@ -193,9 +191,9 @@ class _LutEstimator:
 
     def _scan(self, codes):
         if self.quantize:
-            return _dispatch.scan_quantized(codes, self.luts_q_, self.lut_scale_, self._lut_offset(),
+            return _dispatch.lut.scan_quantized(codes, self.luts_q_, self.lut_scale_, self._lut_offset(),
                                           self.bias_)
-        return _dispatch.scan_float(codes, self.luts_, self.bias_)
+        return _dispatch.lut.scan_float(codes, self.luts_, self.bias_)
 
     #: packed-layout encoder for the SIMD scan (_dispatch.use_simd), where the method has one
     _encode_packed = None
@@ -259,7 +257,7 @@ class LutMatmul(_LutEstimator):
         or ITLUMM's permutations (OPQ rotation matched to a
         permutation, or R² clustering with optimal leaf ordering; :mod:`lutengine.partition`).
     lut_objective : {"ridge", "mse", "kl"}
-        "ridge": the tables are P·B with ridge prototypes (MADDNESS §4.2). "mse" / "kl":
+        "ridge": the tables are P·B with ridge prototypes (MADDNESS §4.3). "mse" / "kl":
         ITLUMM's tables T fitted through ``activation`` from P·B, minimising the squared
         error or the KL divergence of the softmax (:func:`lutengine.lut_opt.optimize_luts`).
     activation : {None, "relu", "softmax"}
@@ -280,7 +278,7 @@ class LutMatmul(_LutEstimator):
     split_dims_, thresholds_ : ndarray (C, 4), (C, 16)
         The hash trees: the column split at each level, heap-ordered thresholds.
     prototypes_ : ndarray (C, 16, D)
-        Ridge prototypes (MADDNESS §4.2).
+        Ridge prototypes (MADDNESS §4.3).
     luts_ : ndarray (C, 16, M)
         Float32 tables (P·B, or ITLUMM's fitted tables).
     luts_q_, lut_offsets_, lut_scale_ : ndarray (C, 16, M) uint8, (C, M), (M,)
@@ -348,10 +346,10 @@ class LutMatmul(_LutEstimator):
     def _encode(self, A, state=None):
         """Codes of A and whether a NaN/Inf was read, with the fitted trees (or ``state``'s)."""
         state = vars(self) if state is None else state
-        return _dispatch.encode_tree(A, state["split_dims_"], state["thresholds_"])
+        return _dispatch.lut.encode_tree(A, state["split_dims_"], state["thresholds_"])
 
     def _encode_packed(self, A):
-        return _dispatch.encode_tree_packed(A, self.split_dims_, self.thresholds_)
+        return _dispatch.lut.encode_tree_packed(A, self.split_dims_, self.thresholds_)
 
     def _check_encoder_state(self, C, D, bounds):
         check_index_range(check_array(self.split_dims_, "split_dims_", np.int64,
@@ -383,6 +381,8 @@ class PQMatmul(_LutEstimator):
         if A.shape[0] < 16:
             raise ValueError(f"A_train must have at least 16 rows for PQ's 16 centroids per "
                              f"subspace, got shape {A.shape}")
+        from sklearn.cluster import KMeans  # here, not at import: sklearn takes ~2 s to load
+        from sklearn.exceptions import ConvergenceWarning
         C, D = self.ncodebooks, A.shape[1]
         width = int(np.max(np.diff(bounds)))
         centroids = np.zeros((C, 16, width), dtype=np.float32)
@@ -402,7 +402,7 @@ class PQMatmul(_LutEstimator):
     def _encode(self, A, state=None):
         """Codes of A and whether a NaN/Inf was read, with the fitted centroids (or ``state``'s)."""
         state = vars(self) if state is None else state
-        return _dispatch.encode_pq(A, state["subspace_cols_"], state["subspace_bounds_"],
+        return _dispatch.lut.encode_pq(A, state["subspace_cols_"], state["subspace_bounds_"],
                                    state["centroids_"])
 
     def _check_encoder_state(self, C, D, bounds):

@@ -25,15 +25,13 @@ parallel launches).
 
 import numbers
 
-import numba
 import numpy as np
 
-from . import _cuda, _persist, config, fastscan, h2alsh
+from . import _cuda, _dispatch, _persist, config, fastscan, h2alsh
 from ._validation import (
     as_float_matrix, as_float_vector, as_queries, check_all_finite, check_array, check_bool,
     check_choice, check_k, check_random_state,
 )
-from kernels import topk
 
 METHODS = ("auto", "brute", "normscan", "h2alsh", "fastscan")
 #: the methods with a state of their own: their module (build, search, check_state)
@@ -43,11 +41,6 @@ METHOD_OPTIONS = {"auto": (), "brute": (), "normscan": (), "h2alsh": h2alsh.OPTI
                   "fastscan": fastscan.OPTIONS}
 #: every option name of :class:`MipsIndex`
 OPTIONS = h2alsh.OPTIONS + fastscan.OPTIONS
-
-
-def _merge(scores, offset, rows, top_scores, top_ids):
-    kernel = topk.merge_topk_parallel if rows.shape[0] > 1 else topk.merge_topk_serial
-    kernel(np.ascontiguousarray(scores), offset, rows, top_scores, top_ids)
 
 
 def _sorted_best_first(scores, ids):
@@ -60,10 +53,7 @@ def _row_scores(rows, positions, Q):
     the returned scores then depend on the row and the query only, not on the shape of the
     product that found them (BLAS rounds by its blocking), so an index over a shard of W
     (lutengine.dask.ShardedMipsIndex) returns the same bits as one over all of W."""
-    out = np.empty(positions.shape, dtype=np.float32)
-    kernel = topk.rows_dot_parallel if numba.get_num_threads() > 1 else topk.rows_dot_serial
-    kernel(rows, positions, Q, out)
-    return out
+    return _dispatch.search.rows_dot(rows, positions, Q)
 
 
 def brute_search(rows, Q, k):
@@ -93,7 +83,8 @@ def normscan_search(rows, norms, Q, k):
     start, block = 0, max(config.NORMSCAN_FIRST_BLOCK, k)
     while start < N and active.size:
         stop = min(N, start + block)
-        _merge(Q[active] @ rows[start:stop].T, start, active, top_scores, top_ids)
+        _dispatch.search.merge_topk(Q[active] @ rows[start:stop].T, start, active, top_scores,
+                                    top_ids)
         start, block = stop, min(2 * block, config.NORMSCAN_MAX_BLOCK)
         if start < N:
             kth = top_scores[active].min(axis=1).astype(np.float64)
@@ -284,7 +275,7 @@ class MipsIndex:
         else:
             positions, scores = STATEFUL[self.method_].search(
                 self._state(self.method_), self.rows_, self.norms_, Q, k,
-                numba.get_num_threads())
+                _dispatch.choice.threads())
         return _sorted_best_first(_row_scores(self.rows_, positions, Q), self.order_[positions])
 
     def _host_queries(self, Q, largest):

@@ -3,7 +3,7 @@
 :class:`MLP` holds a stack of affine layers (ReLU between them, softmax at the output);
 each layer is a :class:`Dense` (exact) or any fitted estimator with ``predict(A) ≈ A W + b``
 (:class:`~lutengine.LutMatmul`). :func:`replace_layers` is the incremental replacement of
-ITLUMM (McCarter & Dronen 2022, §3.3): from the input to the output, each layer is fitted
+ITLUMM (McCarter & Dronen 2022, §2.3): from the input to the output, each layer is fitted
 on the activations it really receives from the layers already replaced, frozen, and the
 exact layers after it are fine-tuned.
 
@@ -24,7 +24,7 @@ from .matmul import LutMatmul
 #: Adam's constants (the paper's defaults)
 ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
 
-#: fine-tuning after each replaced layer: Adam epochs and step size (ITLUMM §3.3)
+#: fine-tuning after each replaced layer: Adam epochs and step size (ITLUMM §2.3)
 FINETUNE = {"epochs": 3, "batch_size": 128, "learning_rate": 5e-4}
 
 
@@ -243,7 +243,7 @@ def train_layers(params, X, y, epochs, batch_size, learning_rate, l1=0.0, kwta=N
 def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="contiguous",
                    lut_objective="ridge", finetune=True, finetune_settings=None,
                    random_state=0, progress=True):
-    """Replace layers of ``net`` by fitted :class:`~lutengine.LutMatmul` (ITLUMM §3.3).
+    """Replace layers of ``net`` by fitted :class:`~lutengine.LutMatmul` (ITLUMM §2.3).
 
     From the input to the output, each layer in ``layers`` (default: all) is fitted on
     the activations it receives from the already-replaced network on ``X_train``, then

@@ -18,12 +18,10 @@ never copied at predict time.
 import warnings
 
 import numpy as np
-from scipy.cluster import hierarchy
-from scipy.optimize import linear_sum_assignment
-from scipy.spatial.distance import squareform
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
+
+# scikit-learn and scipy's clustering are imported by the functions that use them: loading
+# them takes longer than a whole default fit, which uses neither
 
 KINDS = ("contiguous", "opq", "r2")
 
@@ -42,6 +40,7 @@ def _pq_reconstruct(Z, bounds, centroids, seeds):
     ``centroids[c]`` (None on the first call) warm-starts the k-means of subspace ``c``
     and is replaced by its result.
     """
+    from sklearn.cluster import KMeans
     Z_hat = np.empty_like(Z)
     for c in range(len(bounds) - 1):
         sub = Z[:, bounds[c]:bounds[c + 1]]
@@ -65,6 +64,7 @@ def _opq_rotation(A, ncodebooks, random_state, n_iter, max_rows):
     seeds = rng.integers(2**31 - 1, size=ncodebooks)
     R = np.eye(n_features, dtype=A.dtype)
     centroids = [None] * ncodebooks
+    from sklearn.exceptions import ConvergenceWarning
     # many tiny k-means and one small SVD: BLAS threads only add overhead (and oversubscribe
     # numba's); duplicate rows (e.g. blank pixels) leave k-means with empty clusters
     with warnings.catch_warnings(), threadpool_limits(1):
@@ -79,6 +79,7 @@ def _opq_rotation(A, ncodebooks, random_state, n_iter, max_rows):
 def _nearest_permutation(R):
     """``cols[dim]``: the original column matched to rotated dimension ``dim`` by the
     matching that maximises ``Σ |R[cols[dim], dim]|``."""
+    from scipy.optimize import linear_sum_assignment
     # rows of |R|ᵀ are rotated dimensions, its columns the original ones
     _, cols = linear_sum_assignment(np.abs(R).T, maximize=True)
     return cols.astype(np.int64)
@@ -119,6 +120,8 @@ def r2(A, ncodebooks):
     _, bounds = contiguous(n_features, ncodebooks)
     if n_features < 2:
         return np.arange(n_features, dtype=np.int64), bounds
+    from scipy.cluster import hierarchy
+    from scipy.spatial.distance import squareform
     dist = squareform(1.0 - _squared_correlation(A), checks=False)
     tree = hierarchy.optimal_leaf_ordering(hierarchy.linkage(dist, method="average"), dist)
     return hierarchy.leaves_list(tree).astype(np.int64), bounds

@@ -6,13 +6,11 @@ smallest: large negative pre-activations matter too before a nonlinearity); ever
 output is set to its bias ``b_i``. The rows are found by a :class:`~lutengine.MipsIndex`.
 """
 
-import numba
 import numpy as np
 
-from . import _cuda
+from . import _cuda, _dispatch
 from ._validation import as_float_matrix, as_float_vector, as_queries, check_bool, check_k
 from .mips import MipsIndex
-from kernels import topk
 
 
 class TopKLinear:
@@ -72,9 +70,7 @@ class TopKLinear:
             return _cuda.topk_linear(self, X, return_active)
         X = as_queries(X, "X", self.W.shape[1])
         ids = self._select(X)
-        values = np.empty(ids.shape, dtype=np.float32)
-        kernel = topk.rows_dot_parallel if numba.get_num_threads() > 1 else topk.rows_dot_serial
-        kernel(self.W, ids, X, values)
+        values = _dispatch.search.rows_dot(self.W, ids, X)
         Y = np.broadcast_to(self.b, (X.shape[0], self.W.shape[0])).copy()
         np.put_along_axis(Y, ids, values + self.b[ids], axis=1)
         return (Y, self._mask(ids)) if return_active else Y

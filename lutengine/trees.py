@@ -1,16 +1,16 @@
-"""Learning MADDNESS's 4-level hash trees (Blalock & Guttag 2021, §4.1).
+"""Learning MADDNESS's 4-level hash trees (Blalock & Guttag 2021, §4.2).
 
 One balanced binary regression tree per codebook, learned greedily on the codebook's
 column slice of the training rows. At each level every node shares one split column,
 chosen among the 4 columns with the largest within-bucket SSE as the one whose best
-per-node cuts (``kernels.split.best_split``) leave the least total SSE; each node gets
-its own threshold. Thresholds are stored in heap order (node ``i`` of level ``s`` at
+per-node cuts (``_dispatch.lut.best_split``) leave the least total SSE; each node gets its
+own threshold. Thresholds are stored in heap order (node ``i`` of level ``s`` at
 ``2**s - 1 + i``), the layout ``kernels.encode`` reads.
 """
 
 import numpy as np
 
-from kernels.split import best_split
+from . import _dispatch
 
 NLEVELS = 4
 NCANDIDATES = 4
@@ -39,7 +39,7 @@ def learn_tree(X):
         candidates = np.argsort(-col_sse, kind="stable")[:NCANDIDATES]
         best = None
         for dim in candidates:
-            splits = [best_split(X, rows, dim) for rows in buckets]
+            splits = [_dispatch.lut.best_split(X, rows, dim) for rows in buckets]
             loss = sum(s[0] for s in splits)
             if best is None or loss < best[0]:
                 best = (loss, dim, [s[1] for s in splits])

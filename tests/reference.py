@@ -58,7 +58,7 @@ def ref_build_luts(prototypes, B):
 
 
 def ref_quantize_luts(luts):
-    """uint8 tables, per-output offsets (C, M) and per-output scales (M,) (MADDNESS §4.1,
+    """uint8 tables, per-output offsets (C, M) and per-output scales (M,) (MADDNESS §4.4,
     one scale per output).
 
     The offset of codebook c for output m is ``min_k T[c, k, m]``; ``scale[m] =
@@ -120,7 +120,7 @@ def ref_scan_quantized_packed(packed, nrows, luts_q, scales, offset_sums, out_bi
                             offset_sums, out_bias)
 
 
-# -- the SIMD primitives of kernels/simd.py, on NumPy arrays (u8x32: 32 uint8; u16x16: 16
+# -- the SIMD primitives of kernels/simd, on NumPy arrays (u8x32: 32 uint8; u16x16: 16
 # uint16); arrays are read flat from ``start``
 
 def ref_load_u8x32(arr, start):
@@ -269,7 +269,7 @@ def ref_split_loss(X, rows, dim, threshold):
 
 
 def ref_best_split(X, rows, dim):
-    """Brute-force best cut of ``X[rows]`` on column ``dim`` (MADDNESS §4.1).
+    """Brute-force best cut of ``X[rows]`` on column ``dim`` (MADDNESS §4.2).
 
     Every cut between two distinct sorted values is tried; the loss is SSE(left) +
     SSE(right) over all columns. Returns ``(loss, threshold, losses)``: the smallest

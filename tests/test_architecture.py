@@ -2,13 +2,19 @@
 
 import ast
 import importlib
+import inspect
+import json
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numba
 import pytest
 
 import kernels
+import lutengine
+from lutengine import _dispatch
 from kernels._flags import FASTMATH
 
 import reference
@@ -27,12 +33,35 @@ def _public_kernels():
                 yield module, name, obj
 
 
+def _imported_modules(path):
+    """Every module an ``import`` or ``from … import`` in the file names (absolute only)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
 def test_kernels_never_import_lutengine():
     for path in Path(kernels.__file__).parent.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not any(n.startswith("lutengine") for n in names), path
+        assert not any(name.startswith("lutengine") for name in _imported_modules(path)), path
+
+
+#: the only modules of lutengine that import ``kernels``: the dispatch layer (CPU kernels)
+#: and the CUDA driver (kernels.cuda)
+KERNEL_IMPORTERS = {"_dispatch", "_cuda.py"}
+
+
+def test_only_the_dispatch_layer_and_the_cuda_driver_import_kernels():
+    package = Path(lutengine.__file__).parent
+    importers = {path.relative_to(package).parts[0] for path in package.rglob("*.py")
+                 if any(name == "kernels" or name.startswith("kernels.")
+                        for name in _imported_modules(path))}
+    assert importers == KERNEL_IMPORTERS
+    cuda_imports = set(_imported_modules(package / "_cuda.py"))
+    assert all(name.startswith("kernels.cuda") for name in cuda_imports
+               if name.startswith("kernels")), cuda_imports
 
 
 @pytest.mark.parametrize("module, name, kernel", list(_public_kernels()), ids=lambda x: getattr(x, "__name__", x))
@@ -43,13 +72,18 @@ def test_kernel_flags(module, name, kernel):
     assert opts.get("error_model") == "numpy"
     # a flag set, never fastmath=True; or none at all for exact fit-time decisions
     assert opts.get("fastmath") in (FASTMATH, set(FASTMATH), False, None) and opts.get("fastmath") is not True
-    assert bool(opts.get("parallel", False)) == name.endswith("_parallel")
+    # parallel: a "_parallel" kernel (with a "_serial" twin), or one that splits its work
+    # over an ``nworkers`` argument (1 worker: the serial path) and has no twin
+    takes_workers = "nworkers" in inspect.signature(kernel.py_func).parameters
+    serial_twin = hasattr(module, name.removesuffix("_parallel") + "_serial")
+    assert bool(opts.get("parallel", False)) == (
+        name.endswith("_parallel") or (takes_workers and not serial_twin and not name.endswith("_serial")))
 
 
 def test_every_parallel_kernel_has_a_serial_twin_and_a_reference():
     names = {name for _, name, _ in _public_kernels()}
     for name in names:
-        # a SIMD primitive's plain twin (kernels/simd.py) shares the primitive's oracle
+        # a fast-scan kernel's plain variant shares the AVX2 one's oracle
         base = name.removesuffix("_parallel").removesuffix("_serial").removesuffix("_plain")
         if name.endswith("_parallel"):
             assert base + "_serial" in names, name
@@ -98,3 +132,37 @@ def test_cuda_kernels_loop_grid_stride(path):
                  and getattr(loop.iter.func, "id", "") == "range" and len(loop.iter.args) == 3]
         assert any("gridsize" in step or "gridDim" in step for step in steps), kernel.name
         assert "lutengine" not in ast.unparse(kernel)
+
+
+_WARMUP_CHECK = """
+import importlib, json, pkgutil, numba, kernels, lutengine
+lutengine.warmup(processes=1)
+modules = [importlib.import_module(f"kernels.{m.name}") for m in pkgutil.iter_modules(kernels.__path__)
+           if not m.name.startswith("_") and not m.ispkg]
+print(json.dumps({f"{module.__name__}.{name}": len(obj.signatures) for module in modules
+                  for name, obj in vars(module).items()
+                  if isinstance(obj, numba.core.registry.CPUDispatcher)}))
+"""
+
+
+def test_warmup_compiles_every_kernel_the_dispatch_layer_can_pick():
+    """In a fresh process, after ``warmup`` every kernel the dispatch layer calls has a
+    compiled (or cached) variant: a kernel added without a warm-up fails here. Only the
+    variants of the current SIMD mode count, the parallel ones where Numba has 2 threads
+    or more."""
+    done = subprocess.run([sys.executable, "-c", _WARMUP_CHECK], capture_output=True,
+                          text=True, timeout=600, check=True)
+    compiled = json.loads(done.stdout.strip().splitlines()[-1])
+    dispatch_source = "".join(path.read_text() for path in
+                              (Path(lutengine.__file__).parent / "_dispatch").glob("*.py"))
+    expected = {f"{module.__name__}.{name}" for module, name, _ in _public_kernels()
+                if f"{module.__name__.removeprefix('kernels.')}.{name}" in dispatch_source}
+    if _dispatch.use_simd():  # the plain fast scan is never picked
+        expected = {name for name in expected if not name.endswith("_plain")}
+    else:  # the AVX2 kernels are never picked
+        expected = {name for name in expected if not name.startswith("kernels.packed.")
+                    and name != "kernels.fastscan.fastscan_search"}
+    if numba.config.NUMBA_NUM_THREADS < 2:  # the dispatch layer never picks a parallel one
+        expected = {name for name in expected if not name.endswith("_parallel")}
+    assert expected <= set(compiled)
+    assert [name for name in sorted(expected) if compiled[name] == 0] == []

@@ -157,7 +157,7 @@ def test_worker_threads_are_set_on_every_worker(client):
     assert client.gather(client.map(task_threads, range(4), pure=False)) == [1, 1, 1, 1]
     with pytest.raises(ValueError, match="exceeds NUMBA_NUM_THREADS"):
         led.set_worker_threads(client, numba_threads=10_000)
-    with pytest.raises(ValueError, match="blas_threads must be >= 1"):
+    with pytest.raises(ValueError, match="blas_threads must be at least 1"):
         led.set_worker_threads(client, blas_threads=0)
     with pytest.raises(TypeError, match="numba_threads must be an integer"):
         led.set_worker_threads(client, numba_threads="2")

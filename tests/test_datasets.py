@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tqdm import tqdm
 
 from lutengine import datasets
 
@@ -230,12 +231,123 @@ def test_bad_split_and_name(tmp_path):
         datasets.find_dataset_dir("kmnist")
 
 
-def test_load_default_falls_back_to_digits(tmp_path, isolated):
-    X_train, y_train, X_test, y_test, name = datasets.load_default(data_home=tmp_path)
-    assert name == "digits"
+def test_load_digits():
+    X_train, y_train, X_test, y_test = datasets.load_digits()
     assert X_train.shape == (1437, 64) and X_test.shape == (360, 64)
     assert X_train.dtype == X_test.dtype == np.float32
     assert y_train.dtype == y_test.dtype == np.int64
     assert X_train.min() == 0.0 and X_train.max() == 1.0
-    again = datasets.load_default(data_home=tmp_path)
-    np.testing.assert_array_equal(again[2], X_test)
+
+
+def test_fashion_subset_checksum_shapes_balance():
+    with np.load(datasets.FASHION_SUBSET_PATH) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    assert sorted(arrays) == ["x_test", "x_train", "y_test", "y_train"]
+    digest = hashlib.sha256()
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        assert arrays[key].dtype == np.uint8
+        header = f"{arrays[key].dtype.str}{arrays[key].shape}".encode()
+        digest.update(header + arrays[key].tobytes())
+    assert digest.hexdigest() == datasets._FASHION_SUBSET_SHA256
+    assert arrays["x_train"].shape == (6000, 28, 28) and arrays["x_test"].shape == (1000, 28, 28)
+    assert np.bincount(arrays["y_train"]).tolist() == [600] * 10
+    assert np.bincount(arrays["y_test"]).tolist() == [100] * 10
+    assert datasets.FASHION_SUBSET_PATH.stat().st_size < 4_000_000
+    notice = (datasets.FASHION_SUBSET_PATH.parent / "FASHION_MNIST_LICENSE").read_text()
+    assert "MIT License" in notice and "Zalando SE" in notice
+
+    X_train, y_train, X_test, y_test = datasets.load_fashion_subset()
+    assert X_train.shape == (6000, 784) and X_test.shape == (1000, 784)
+    assert X_train.dtype == X_test.dtype == np.float32 and X_train.flags.c_contiguous
+    assert y_train.dtype == y_test.dtype == np.int64
+    np.testing.assert_array_equal(X_test, arrays["x_test"].reshape(1000, 784) / np.float32(255))
+    np.testing.assert_array_equal(y_train, arrays["y_train"])
+
+
+def test_fashion_subset_checksum_mismatch(tmp_path, monkeypatch):
+    with np.load(datasets.FASHION_SUBSET_PATH) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    arrays["y_test"][0] = (arrays["y_test"][0] + 1) % 10
+    path = tmp_path / "subset.npz"
+    np.savez_compressed(path, **arrays)
+    monkeypatch.setattr(datasets, "FASHION_SUBSET_PATH", path)
+    with pytest.raises(ValueError, match="SHA-256 mismatch") as info:
+        datasets.load_fashion_subset()
+    assert str(path) in str(info.value)
+
+
+def test_fashion_subset_regenerates_from_the_full_set(tmp_path):
+    root = _real_root("fashion")
+    digest = datasets.write_fashion_subset(tmp_path / "subset.npz", data_home=root)
+    assert digest == datasets._FASHION_SUBSET_SHA256
+    with np.load(tmp_path / "subset.npz") as fresh, \
+            np.load(datasets.FASHION_SUBSET_PATH) as shipped:
+        for key in shipped.files:
+            np.testing.assert_array_equal(fresh[key], shipped[key])
+
+
+def test_load_default_falls_back_to_fashion_subset(tmp_path, isolated):
+    X_train, y_train, X_test, y_test, name = datasets.load_default(data_home=tmp_path)
+    assert name == "fashion-subset"
+    assert X_train.shape == (6000, 784) and X_test.shape == (1000, 784)
+    np.testing.assert_array_equal(y_test, datasets.load_fashion_subset()[3])
+
+
+def test_load_default_prefers_mnist(tmp_path, isolated):
+    isolated("mnist", _write_synthetic(tmp_path))
+    X_train, y_train, X_test, y_test, name = datasets.load_default(data_home=tmp_path)
+    assert name == "mnist"
+    assert X_train.shape == (12, 784) and X_test.shape == (5, 784)
+
+
+def _mirror(tmp_path, isolated, name="mnist"):
+    """A fake mirror folder of gzipped synthetic files, trusted; returns its file:// URL."""
+    contents = _write_synthetic(tmp_path / "mirror", name)
+    isolated(name, contents)
+    return (tmp_path / "mirror" / datasets._SUBDIRS[name]).as_uri() + "/", contents
+
+
+def test_download_from_file_url_with_progress(tmp_path, isolated, monkeypatch, capsys):
+    url, contents = _mirror(tmp_path, isolated)
+    dead = (tmp_path / "no-such-mirror").as_uri() + "/"
+    monkeypatch.setattr(datasets, "_MIRRORS", {"mnist": (dead, url)})
+    folder = datasets.download_dataset("mnist", data_home=tmp_path / "home")
+    assert folder == tmp_path / "home" / "mnist"
+    for stem, data in contents.items():
+        assert gzip.decompress((folder / (stem + ".gz")).read_bytes()) == data
+    assert not list(folder.glob("*.part"))
+    bars = capsys.readouterr().err
+    assert "B/s" in bars
+    for stem in datasets._FILES:  # one bar per file, counting every byte
+        size = tqdm.format_sizeof((tmp_path / "mirror" / "mnist" / (stem + ".gz")).stat().st_size,
+                                  divisor=1024)
+        assert f"{stem}.gz: 100%" in bars and f"{size}/{size}" in bars
+    X, y = datasets.load_mnist("train", data_home=tmp_path / "home")
+    assert X.shape == (12, 784)
+
+
+def test_download_skips_present_files_and_loads(tmp_path, isolated, monkeypatch):
+    url, contents = _mirror(tmp_path, isolated)
+    monkeypatch.setattr(datasets, "_MIRRORS", {"mnist": (url,)})
+    home = tmp_path / "home" / "mnist"
+    home.mkdir(parents=True)
+    (home / "t10k-labels-idx1-ubyte").write_bytes(contents["t10k-labels-idx1-ubyte"])
+    X, y = datasets.load_mnist("test", data_home=tmp_path / "home", download=True)
+    assert X.shape == (5, 784)
+    assert not (home / "t10k-labels-idx1-ubyte.gz").exists()
+
+
+def test_load_default_download(tmp_path, isolated, monkeypatch):
+    url, _ = _mirror(tmp_path, isolated)
+    monkeypatch.setattr(datasets, "_MIRRORS", {"mnist": (url,)})
+    assert datasets.load_default(tmp_path / "home", download=True)[-1] == "mnist"
+
+
+def test_download_offline_is_a_clear_error(tmp_path, isolated, monkeypatch):
+    dead = [(tmp_path / f"mirror{i}").as_uri() + "/" for i in range(2)]
+    monkeypatch.setattr(datasets, "_MIRRORS", {"mnist": tuple(dead)})
+    with pytest.raises(ConnectionError, match="could not download mnist") as info:
+        datasets.download_dataset("mnist", data_home=tmp_path / "home", progress=False)
+    message = str(info.value)
+    assert "offline" in message and all(m in message for m in dead)
+    assert str(tmp_path / "home" / "mnist") in message

@@ -1,6 +1,7 @@
 """4-bit PQ fast-scan MIPS (kernels/fastscan.py, lutengine/fastscan.py, MipsIndex "fastscan")
 against the NumPy oracles of tests/reference.py and brute force. SIMD cases skip without
-AVX2; the plain kernels are the fallback and must give the same integers."""
+AVX2; the plain scan is the fallback and must give the same integers. Every kernel runs
+with 1 and 2 workers."""
 
 import warnings
 
@@ -18,11 +19,8 @@ import reference
 
 needs_avx2 = pytest.mark.skipif(not simd.has_avx2(), reason="the CPU has no AVX2")
 
-SCANS = [(kfs.fastscan_scan_plain_serial, False), (kfs.fastscan_scan_plain_parallel, False),
-         (kfs.fastscan_scan_serial, True), (kfs.fastscan_scan_parallel, True)]
-SEARCHES = [(kfs.fastscan_search_plain_serial, False),
-            (kfs.fastscan_search_plain_parallel, False),
-            (kfs.fastscan_search_serial, True), (kfs.fastscan_search_parallel, True)]
+#: (AVX2 scan?, workers): every kernel serial and parallel
+VARIANTS = [(False, 1), (False, 2), (True, 1), (True, 2)]
 
 
 def _recall(ids, W, Q, k):
@@ -81,10 +79,10 @@ def test_tables_match_the_reference_and_bound_the_error(kernel, nq, d, seed, spr
     assert (np.abs(approx - exact) <= bound).all()
 
 
-@pytest.mark.parametrize("kernel, uses_simd", SCANS)
+@pytest.mark.parametrize("uses_simd, nworkers", VARIANTS)
 @given(N=st.integers(1, 200), C=st.integers(1, 11), nq=st.integers(1, 3),
        seed=st.integers(0, 2**16))
-def test_scan_matches_the_reference(kernel, uses_simd, N, C, nq, seed):
+def test_scan_matches_the_reference(uses_simd, nworkers, N, C, nq, seed):
     if uses_simd and not simd.has_avx2():
         pytest.skip("the CPU has no AVX2")
     rng = np.random.default_rng(seed)
@@ -92,8 +90,13 @@ def test_scan_matches_the_reference(kernel, uses_simd, N, C, nq, seed):
     qtables = rng.integers(0, 256, (nq, C + C % 2, 16)).astype(np.uint8)
     qtables[:, C:] = 0
     scores = np.empty((nq, packed.shape[0] * 32), np.uint16)
-    kernel(packed, qtables, N, scores)
+    scan = kfs.fastscan_scan if uses_simd else kfs.fastscan_scan_plain
+    scan(packed, qtables, N, scores, nworkers)
     np.testing.assert_array_equal(scores[:, :N], reference.ref_fastscan_scan(packed, qtables, N))
+
+
+def _search(uses_simd):
+    return kfs.fastscan_search if uses_simd else kfs.fastscan_search_plain
 
 
 def _search_inputs(N, d, C, nq, seed):
@@ -115,13 +118,14 @@ def test_search_kernels_match_the_reference_and_each_other(N, d, nq, seed, data)
     packed, qtables, offsets, scales, norms, W, Q = _search_inputs(N, d, C, nq, seed)
     ref_pos, ref_scores = reference.ref_fastscan_search(packed, N, qtables, offsets, scales,
                                                         norms, W, Q, k, rerank)
-    for kernel, uses_simd in SEARCHES:
+    for uses_simd, nworkers in VARIANTS:
         if uses_simd and not simd.has_avx2():
             continue
         pos = np.empty((nq, k), np.int64)
         scores = np.empty((nq, k), np.float32)
-        kernel(packed, N, qtables, offsets, scales, norms, W, Q, k, rerank, pos, scores, 2)
-        np.testing.assert_array_equal(pos, ref_pos, err_msg=kernel.__name__)
+        _search(uses_simd)(packed, N, qtables, offsets, scales, norms, W, Q, k, rerank, pos,
+                           scores, nworkers)
+        np.testing.assert_array_equal(pos, ref_pos, err_msg=f"{uses_simd=} {nworkers=}")
         np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
 
 
@@ -129,10 +133,11 @@ def test_search_kernels_match_the_reference_and_each_other(N, d, nq, seed, data)
 def test_simd_and_plain_search_are_identical_on_a_larger_set():
     packed, qtables, offsets, scales, norms, W, Q = _search_inputs(5001, 24, 7, 5, 3)
     results = []
-    for kernel, _ in SEARCHES:
+    for uses_simd, nworkers in VARIANTS:
         pos = np.empty((5, 20), np.int64)
         scores = np.empty((5, 20), np.float32)
-        kernel(packed, 5001, qtables, offsets, scales, norms, W, Q, 20, 300, pos, scores, 2)
+        _search(uses_simd)(packed, 5001, qtables, offsets, scales, norms, W, Q, 20, 300, pos,
+                           scores, nworkers)
         results.append((pos, scores))
     for pos, scores in results[1:]:
         np.testing.assert_array_equal(pos, results[0][0])

@@ -227,7 +227,7 @@ def test_recall_on_a_trained_mnist_layer(data_root):
     With the defaults every ring of this 784-row layer is below scan_threshold: exact.
     With scan_threshold=0 every ring is indexed and QALSH alone finds the rows; measured
     recall 0.857 (top) / 0.924 (bottom): the misses are rows just inside the range cap
-    R·w/2 (§2.6), which is a heuristic cut, so the bound here is 0.85 on the mean.
+    R·w/2 (docs/algorithms.md, H2-ALSH), which is a heuristic cut, so the bound here is 0.85 on the mean.
     """
     from sklearn.neural_network import MLPClassifier
 

@@ -320,7 +320,7 @@ def test_scan_quantized_dequantises_per_output(parallel, n, c, m, seed, block):
     scales, offset_sums, out_bias = dequantize_inputs(rng, c, m)
     out = np.empty((n, m), dtype=np.float32)
     pick(scan, "scan_quantized", parallel)(codes, luts_q,
-                                         *_dispatch.dequantization(scales, offset_sums, out_bias),
+                                         *_dispatch.lut.dequantization(scales, offset_sums, out_bias),
                                          out, block, nthreads())
     expected = ref.ref_scan_quantized(codes, luts_q, scales, offset_sums, out_bias)
     magnitude = 255.0 * c / scales + np.abs(offset_sums) + np.abs(out_bias)
@@ -334,9 +334,9 @@ def test_quantised_scan_within_half_a_quantum_per_codebook(T, n, seed):
     next to an output 25 times larger."""
     C = T.shape[0]
     codes = random_codes(np.random.default_rng(seed), n, C)
-    luts_q, offsets, scales = _dispatch.quantize_luts(T)
+    luts_q, offsets, scales = _dispatch.lut.quantize_luts(T)
     out_bias = np.zeros(T.shape[2], np.float32)
-    got = _dispatch.scan_quantized(codes, luts_q, scales,
+    got = _dispatch.lut.scan_quantized(codes, luts_q, scales,
                                  offsets.sum(axis=0, dtype=np.float64).astype(np.float32),
                                  out_bias)
     exact = ref.ref_scan_float(codes, T, out_bias)
@@ -411,7 +411,7 @@ def case_quantize_luts(rng, n):
 def case_scan_quantized(rng, n):
     codes = random_codes(rng, n, 19)
     luts_q = rng.integers(0, 256, (19, 16, 6), dtype=np.uint8)
-    dequantization = _dispatch.dequantization(*dequantize_inputs(rng, 19, 6))
+    dequantization = _dispatch.lut.dequantization(*dequantize_inputs(rng, 19, 6))
 
     def run(kernel):
         out = np.empty((n, 6), dtype=np.float32)

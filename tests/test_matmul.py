@@ -312,13 +312,13 @@ def test_quantization_warning_fires_on_a_bad_quantization_only(monkeypatch):
     assert est.quantization_nmse_ <= 2 * est.float_nmse_
     assert exact.float_nmse_ < 1e-12 < exact.quantization_nmse_ < matmul.QUANTIZATION_NMSE_FLOOR
 
-    quantize = _dispatch.quantize_luts
+    quantize = _dispatch.lut.quantize_luts
 
     def coarse(luts):  # a 32x coarser quantum than the kernel's
         luts_q, offsets, scale = quantize(luts)
         return luts_q // 32, offsets, scale / 32
 
-    monkeypatch.setattr(matmul._dispatch, "quantize_luts", coarse)
+    monkeypatch.setattr(matmul._dispatch.lut, "quantize_luts", coarse)
     with pytest.warns(le.QuantizationWarning, match=r"quantize=False") as caught:
         bad = le.LutMatmul(4, progress=False).fit(A, B)
     assert bad.quantization_nmse_ > 2 * bad.float_nmse_
@@ -342,7 +342,7 @@ def test_refit_that_fails_half_way_keeps_the_previous_model(make, monkeypatch):
         raise RuntimeError("injected failure")
 
     # the last stage of fit: everything else of the new model is built by then
-    monkeypatch.setattr(matmul._dispatch, "scan_quantized", fails)
+    monkeypatch.setattr(matmul._dispatch.lut, "scan_quantized", fails)
     with pytest.raises(RuntimeError, match="injected failure"):
         est.fit(A16, B16)
     monkeypatch.undo()

@@ -44,7 +44,7 @@ def test_run_on_digits_schema_and_oracle(digits_result, tmp_path):
     assert accs[0] <= accs[1] <= accs[2]
     json.dumps(result)
     paths = _common.write_results(result, tmp_path, mips_mnist.NAME, plots=mips_mnist.PLOTS)
-    assert {p.name for p in paths} >= {"mips_mnist.json", "mips_mnist_digits.md",
+    assert {p.name for p in paths} >= {"mips_mnist_digits.json", "mips_mnist_digits.md",
                                        "mips_mnist_digits_accuracy.png"}
 
 

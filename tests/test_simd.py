@@ -1,15 +1,15 @@
-"""The AVX2 path (kernels/simd.py, kernels/packed.py) against its plain twins and oracles.
+"""The AVX2 path (kernels/simd, kernels/packed.py) against NumPy oracles.
 
-Primitives: intrinsic == plain twin == NumPy oracle, bit for bit. Packed MADDNESS: the
-encoder against ``ref_encode_tree_packed``; the scan bit-identical to the plain quantised
-scan (kernels/scan.py) on odd shapes. Dispatch: ``config.SIMD`` / ``LUTENGINE_SIMD`` and
+Primitives: intrinsic == NumPy oracle, bit for bit (the dequantising store == the same
+expression in ordinary Numba code). Packed MADDNESS: the encoder against
+``ref_encode_tree_packed``; the scan bit-identical to the plain quantised scan
+(kernels/scan.py) on odd shapes. Dispatch: ``config.SIMD`` / ``LUTENGINE_SIMD`` and
 ``LutMatmul.predict`` with SIMD forced on and off. Cases needing AVX2 skip without it.
 """
 
 import os
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -35,72 +35,61 @@ block_rows = st.sampled_from([32, 64, 256, 1024])
 
 
 # ---------------------------------------------------------------------------------------
-# primitives: one jitted harness per set (intrinsics or plain twins), same code
+# primitives: a jitted harness per set, its NumPy twin step by step
 
-def _harness(s):
-    """A jitted function running every primitive of namespace ``s`` once, results in arrays
-    (compiled with the kernels' fast-math flags, which decide how the dequantising
-    multiply-add rounds)."""
-    @njit(fastmath=set(FASTMATH))
-    def run(table, codes, acc, repeats, affine, out8, out16, out32):
-        tab = s.load_table16(table, 3)
-        v = s.load_u8x32(codes, 1)
-        low = s.lookup_u8x32(tab, s.low_nibbles(v))
-        high = s.lookup_u8x32(tab, s.high_nibbles(v))
-        raw = s.lookup_u8x32(s.load_u8x32(table, 0), v)  # any index byte: lanes, bit 7
-        s.store_u8x32(out8, 0, low)
-        s.store_u8x32(out8, 32, high)
-        s.store_u8x32(out8, 64, raw)
-        s.store_u8x32(out8, 96, s.add_u8x32(v, raw))
-        s.store_u8x32(out8, 128, s.add_u8x32(s.zeros_u8x32(), v))
-        a = s.load_u8x32(acc, 0)
-        words = odd = s.zeros_u16x16()
-        for _ in range(repeats):  # up to 257 vectors of 255: the byte sums reach 65535
-            words = s.add_words(s.add_words(words, a), raw)
-            odd = s.add_high_bytes(s.add_high_bytes(odd, a), raw)
-        s.store_u16x16(out16, 0, words)
-        s.store_u16x16(out16, 16, odd)
-        s.store_u16x16(out16, 32, s.row_sums_low(words, odd))
-        s.store_u16x16(out16, 48, s.row_sums_high(words, odd))
-        s.store_dequantized(out32, 3, s.row_sums_high(words, odd), affine[0], affine[1])
-    return run
+@njit(fastmath=set(FASTMATH))
+def _run_shuffle(table, codes, acc, repeats, affine, out8, out16, out32):
+    """Every byte-shuffle primitive once, results in arrays (compiled with the kernels'
+    fast-math flags, which decide how the dequantising multiply-add rounds)."""
+    tab = simd.load_table16(table, 3)
+    v = simd.load_u8x32(codes, 1)
+    low = simd.lookup_u8x32(tab, simd.low_nibbles(v))
+    high = simd.lookup_u8x32(tab, simd.high_nibbles(v))
+    raw = simd.lookup_u8x32(simd.load_u8x32(table, 0), v)  # any index byte: lanes, bit 7
+    simd.store_u8x32(out8, 0, low)
+    simd.store_u8x32(out8, 32, high)
+    simd.store_u8x32(out8, 64, raw)
+    simd.store_u8x32(out8, 96, simd.add_u8x32(v, raw))
+    simd.store_u8x32(out8, 128, simd.add_u8x32(simd.zeros_u8x32(), v))
+    a = simd.load_u8x32(acc, 0)
+    words = odd = simd.zeros_u16x16()
+    for _ in range(repeats):  # up to 257 vectors of 255: the byte sums reach 65535
+        words = simd.add_words(simd.add_words(words, a), raw)
+        odd = simd.add_high_bytes(simd.add_high_bytes(odd, a), raw)
+    simd.store_u16x16(out16, 0, words)
+    simd.store_u16x16(out16, 16, odd)
+    simd.store_u16x16(out16, 32, simd.row_sums_low(words, odd))
+    simd.store_u16x16(out16, 48, simd.row_sums_high(words, odd))
+    simd.store_dequantized(out32, 3, simd.row_sums_high(words, odd), affine[0], affine[1])
 
 
-#: the plain twins under the intrinsics' names (a module, so jitted code can read it)
-_PLAIN = types.ModuleType("plain_twins")
-for _name in ("load_table16", "load_u8x32", "lookup_u8x32", "low_nibbles", "high_nibbles",
-              "store_u8x32", "add_u8x32", "zeros_u8x32", "zeros_u16x16", "add_words",
-              "add_high_bytes", "row_sums_low", "row_sums_high", "store_u16x16",
-              "store_dequantized", "load_f32x8", "zeros_f32x8", "zeros_i32x8", "tree_step",
-              "add_times_zero", "sum_f32x8", "narrow_u8x32", "pack_nibbles"):
-    setattr(_PLAIN, _name, getattr(simd, _name + "_plain"))
+@njit(fastmath=set(FASTMATH))
+def _dequantize_in_numba(v, inv_scale, shift):
+    """``float32(v) * inv_scale + shift`` as ordinary Numba code with the kernels' flags."""
+    out = np.empty(v.shape[0], np.float32)
+    for i in range(v.shape[0]):
+        out[i] = np.float32(v[i]) * inv_scale + shift
+    return out
 
 
-def _tree_harness(s):
-    """The tree-encoding primitives of namespace ``s``: four tree_steps (nodes 0..15) from
-    x = values[1:9], [3:11], [5:13], [7:15] against thresholds values[12:20], narrowed and
-    nibble-packed into out8; the poison of values[0:16] and of values[16:24] into out32."""
-    @njit(fastmath=set(FASTMATH))
-    def run(values, out8, out32):
-        table = s.load_f32x8(values, 12)
-        n1 = s.tree_step(s.zeros_i32x8(), s.load_f32x8(values, 1), table)
-        n2 = s.tree_step(n1, s.load_f32x8(values, 3), table)
-        n3 = s.tree_step(n2, s.load_f32x8(values, 5), table)
-        n4 = s.tree_step(n3, s.load_f32x8(values, 7), table)
-        s.store_u8x32(out8, 0, s.narrow_u8x32(n1, n2, n3, n4))
-        s.store_u8x32(out8, 32, s.pack_nibbles(s.narrow_u8x32(n4, n3, n2, n1),
-                                               s.narrow_u8x32(n2, n4, n1, n3)))
-        finite = s.add_times_zero(s.add_times_zero(s.zeros_f32x8(), s.load_f32x8(values, 0)),
-                                  s.load_f32x8(values, 8))
-        out32[0] = s.sum_f32x8(finite)
-        out32[1] = s.sum_f32x8(s.add_times_zero(finite, s.load_f32x8(values, 16)))
-    return run
-
-
-_run_plain = _harness(_PLAIN)
-_run_simd = _harness(simd)
-_run_tree_plain = _tree_harness(_PLAIN)
-_run_tree_simd = _tree_harness(simd)
+@njit(fastmath=set(FASTMATH))
+def _run_tree(values, out8, out32):
+    """The tree-encoding primitives: four tree_steps (nodes 0..15) from x = values[1:9],
+    [3:11], [5:13], [7:15] against thresholds values[12:20], narrowed and nibble-packed into
+    out8; the poison of values[0:16] and of values[16:24] into out32."""
+    table = simd.load_f32x8(values, 12)
+    n1 = simd.tree_step(simd.zeros_i32x8(), simd.load_f32x8(values, 1), table)
+    n2 = simd.tree_step(n1, simd.load_f32x8(values, 3), table)
+    n3 = simd.tree_step(n2, simd.load_f32x8(values, 5), table)
+    n4 = simd.tree_step(n3, simd.load_f32x8(values, 7), table)
+    simd.store_u8x32(out8, 0, simd.narrow_u8x32(n1, n2, n3, n4))
+    simd.store_u8x32(out8, 32, simd.pack_nibbles(simd.narrow_u8x32(n4, n3, n2, n1),
+                                                 simd.narrow_u8x32(n2, n4, n1, n3)))
+    finite = simd.add_times_zero(simd.add_times_zero(simd.zeros_f32x8(),
+                                                     simd.load_f32x8(values, 0)),
+                                 simd.load_f32x8(values, 8))
+    out32[0] = simd.sum_f32x8(finite)
+    out32[1] = simd.sum_f32x8(simd.add_times_zero(finite, simd.load_f32x8(values, 16)))
 
 
 def _reference_tree_run(values, out8, out32):
@@ -171,44 +160,32 @@ def _primitive_outputs(run, seed, repeats):
 repeats = st.sampled_from([0, 1, 2, 16, 128])
 
 
+@needs_avx2
 @given(seed=seeds, repeats=repeats)
-def test_plain_primitives_match_oracle(seed, repeats):
-    got8, got16, got32 = _primitive_outputs(_run_plain, seed, repeats)
+def test_shuffle_intrinsics_match_oracle(seed, repeats):
+    got8, got16, got32 = _primitive_outputs(_run_shuffle, seed, repeats)
     expected8, expected16, expected32 = _primitive_outputs(_reference_run, seed, repeats)
     np.testing.assert_array_equal(got8, expected8)
     np.testing.assert_array_equal(got16, expected16)
-    # Numba may fuse the dequantising multiply-add (fast-math "contract"), NumPy does not:
-    # the two differ by at most a rounding of each term (out32 holds out16[48:] at 3..18)
+    got32, expected32 = got32.reshape(-1), expected32.reshape(-1)
     inv_scale, shift = _affine(seed)
+    # out32[3:19] holds out16[48:] dequantised: the same bits as the expression in Numba ...
+    np.testing.assert_array_equal(got32[3:19], _dequantize_in_numba(got16[48:], inv_scale, shift))
+    # ... which may fuse the multiply-add (fast-math "contract"), NumPy does not: the two
+    # differ by at most a rounding of each term
     terms = np.abs(got16[48:].astype(np.float32) * inv_scale) + np.abs(shift)
-    error = np.abs(got32.reshape(-1)[3:19] - expected32.reshape(-1)[3:19])
-    assert np.all(error <= 2 * np.finfo(np.float32).eps * terms)
-    np.testing.assert_array_equal(np.delete(got32.reshape(-1), range(3, 19)), 0)
-
-
-@needs_avx2
-@given(seed=seeds, repeats=repeats)
-def test_intrinsics_match_plain_twins(seed, repeats):
-    for got, expected in zip(_primitive_outputs(_run_simd, seed, repeats),
-                             _primitive_outputs(_run_plain, seed, repeats)):
-        np.testing.assert_array_equal(got, expected)
+    assert np.all(np.abs(got32[3:19] - expected32[3:19]) <= 2 * np.finfo(np.float32).eps * terms)
+    np.testing.assert_array_equal(np.delete(got32, range(3, 19)), 0)
 
 
 nonfinite_values = st.sampled_from([np.nan, np.inf, -np.inf, 1.0])
 
 
-@given(seed=seeds, nonfinite=nonfinite_values)
-def test_plain_tree_primitives_match_oracle(seed, nonfinite):
-    for got, expected in zip(_tree_outputs(_run_tree_plain, seed, nonfinite),
-                             _tree_outputs(_reference_tree_run, seed, nonfinite)):
-        np.testing.assert_array_equal(got, expected)
-
-
 @needs_avx2
 @given(seed=seeds, nonfinite=nonfinite_values)
-def test_tree_intrinsics_match_plain_twins(seed, nonfinite):
-    for got, expected in zip(_tree_outputs(_run_tree_simd, seed, nonfinite),
-                             _tree_outputs(_run_tree_plain, seed, nonfinite)):
+def test_tree_intrinsics_match_oracle(seed, nonfinite):
+    for got, expected in zip(_tree_outputs(_run_tree, seed, nonfinite),
+                             _tree_outputs(_reference_tree_run, seed, nonfinite)):
         np.testing.assert_array_equal(got, expected)
 
 
@@ -258,7 +235,7 @@ def test_scan_quantized_packed_bit_identical_to_plain_scan(parallel, n, c, m, se
     scales = rng.uniform(0.01, 4.0, m).astype(np.float32)
     offset_sums = rng.standard_normal(m).astype(np.float32)
     out_bias = rng.standard_normal(m).astype(np.float32)
-    inv_scale, shift = _dispatch.dequantization(scales, offset_sums, out_bias)
+    inv_scale, shift = _dispatch.lut.dequantization(scales, offset_sums, out_bias)
     expected = np.empty((n, m), dtype=np.float32)
     scan.scan_quantized_serial(codes, luts_q, inv_scale, shift, expected, 256, 1)
     got_t = np.full((m, n), np.nan, dtype=np.float32)  # the kernel writes the transpose
@@ -279,10 +256,10 @@ def test_scan_quantized_packed_two_threads_same_bits(threads):
     scales = rng.uniform(0.1, 2.0, 37).astype(np.float32)
     offset_sums = rng.standard_normal(37).astype(np.float32)
     with threads(2):
-        parallel = _dispatch.scan_quantized_packed(codes, 3001, luts_q, scales, offset_sums,
+        parallel = _dispatch.lut.scan_quantized_packed(codes, 3001, luts_q, scales, offset_sums,
                                                  np.zeros(37))
     with threads(1):
-        serial = _dispatch.scan_quantized_packed(codes, 3001, luts_q, scales, offset_sums,
+        serial = _dispatch.lut.scan_quantized_packed(codes, 3001, luts_q, scales, offset_sums,
                                                np.zeros(37))
     np.testing.assert_array_equal(parallel, serial)
 

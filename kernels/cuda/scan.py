@@ -1,5 +1,5 @@
 """The quantised uint8 lookup-accumulate on the GPU: the twin of ``kernels.scan.scan_quantized_*``
-(Blalock & Guttag 2021, §4.2, with exact sums).
+(Blalock & Guttag 2021, §4.4, with exact sums).
 
 Each thread block stages a tile of ``cols_per_tile`` table columns of every codebook in
 shared memory, then, for each row tile of ``rows_per_block`` rows it owns, the tile's codes

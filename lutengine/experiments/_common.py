@@ -1,10 +1,14 @@
 """Helpers shared by the experiments and the command line: data, the reference MLP,
-single-thread timing against BLAS, and writing results (JSON, Markdown, PNG)."""
+single-thread timing against BLAS, and writing results (JSON, Markdown, PNG) stamped with
+the command and the commit that wrote them."""
 
 import contextlib
 import json
 import os
 import platform
+import shlex
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -137,6 +141,9 @@ def machine_info():
 
 # -- writing results -------------------------------------------------------------------------
 
+#: the fields :func:`write_results` adds to every result
+STAMP_FIELDS = ("command", "commit")
+
 #: default plots: file suffix -> (x field, y field, x-axis log base[, table]); the table is
 #: the list of row dicts plotted, ``"rows"`` unless named
 PLOTS = {"accuracy": ("ncodebooks", "relative_accuracy", 2),
@@ -168,12 +175,21 @@ def _is_table(value):
     return isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
 
 
+def provenance_line(result):
+    """"Written by `command` at commit X." for a result stamped by :func:`write_results`."""
+    commit = result.get("commit")
+    where = f"commit {commit}" if commit else "an unknown commit (not a git checkout)"
+    return f"Written by `{result['command']}` at {where}."
+
+
 def to_markdown(result, title):
-    """A Markdown page: the scalar fields as a list, then each list of row dicts
-    (``rows`` and any other) as a table under its name."""
+    """A Markdown page: who wrote it (when stamped), the other scalar fields as a list, then
+    each list of row dicts (``rows`` and any other) as a table under its name."""
     lines = [f"# {title}", ""]
+    if "command" in result:
+        lines += [provenance_line(result), ""]
     lines += [f"- {key}: {_cell(value)}" for key, value in result.items()
-              if not _is_table(value)]
+              if not _is_table(value) and key not in STAMP_FIELDS]
     for key, rows in result.items():
         if _is_table(rows):
             columns = list(rows[0])
@@ -236,23 +252,53 @@ def _plot(rows, x, y, log_base, path, title):
     plt.close(fig)
 
 
-def write_results(result, out_dir, name, plots=PLOTS):
+def _git(*args):
+    """Standard output of ``git args`` in this package's folder, or None when git fails
+    (no git, or not a checkout)."""
+    try:
+        done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def code_commit():
+    """``git rev-parse --short HEAD`` of the checkout holding this package, plus ``-dirty``
+    when a file outside ``docs/`` (written results and documentation do not change the
+    code) differs from that commit or is untracked; None outside a git checkout."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return None
+    changes = _git("status", "--porcelain", "--", ":(top)", ":(top,exclude)docs")
+    return commit + ("-dirty" if changes else "")
+
+
+def command_line(argv=None):
+    """The running command (``sys.argv`` by default) as one shell line; the program by its
+    name: ``lutengine reproduce ...``, or ``python -m lutengine ...`` when run as a module."""
+    argv = sys.argv if argv is None else argv
+    program = Path(argv[0]).name
+    if program == "__main__.py":
+        program = f"python -m {Path(argv[0]).parent.name}"
+    return " ".join([program, *map(shlex.quote, argv[1:])])
+
+
+def write_results(result, out_dir, name, plots=PLOTS, command=None):
     """Write ``result`` under ``out_dir`` and return the paths written.
 
-    Files: ``{name}.json`` (the latest run) and, when the result names a dataset ``ds``,
-    ``{name}_{ds}.json`` too (runs on several datasets into one folder keep theirs);
-    ``{name}_{ds}.md`` (Markdown tables) and ``{name}_{ds}_{suffix}.png`` for each entry
-    ``suffix: (x, y, log_base[, table])`` of ``plots`` (one line per method, log x-axis).
+    The JSON is ``result`` stamped with ``command`` (default :func:`command_line`) and
+    :func:`code_commit`. Files, with ``stem`` = ``{name}_{dataset}`` when the result names a
+    dataset, else ``name``: ``{stem}.json``, ``{stem}.md`` (Markdown tables, headed by the
+    command and commit) and ``{stem}_{suffix}.png`` for each entry ``suffix: (x, y,
+    log_base[, table])`` of ``plots`` (one line per method, log x-axis).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"command": command or command_line(), "commit": code_commit(), **result}
     stem = f"{name}_{result['dataset']}" if "dataset" in result else name
-    text = json.dumps(result, indent=2) + "\n"
-    paths = [out_dir / f"{name}.json"]
-    if stem != name:
-        paths.append(out_dir / f"{stem}.json")
-    for path in paths:
-        path.write_text(text)
+    paths = [out_dir / f"{stem}.json"]
+    paths[0].write_text(json.dumps(result, indent=2) + "\n")
     title = f"{name} on {result['dataset']}" if "dataset" in result else name
     md = out_dir / f"{stem}.md"
     md.write_text(to_markdown(result, title))

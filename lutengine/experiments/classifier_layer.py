@@ -4,7 +4,7 @@ The setting of MADDNESS §5.3 (Blalock & Guttag 2021) on a 784→512→10 ReLU M
 hidden activations H and the output weights W2 are fixed, and ``H @ W2 + b2`` is
 approximated by :class:`~lutengine.LutMatmul` (MADDNESS, and ITLUMM's
 ``itlumm-{partition}-{objective}``: permuted subspaces and tables fitted through the
-softmax, McCarter & Dronen 2022 §4.1) and :class:`~lutengine.PQMatmul` for several
+softmax, McCarter & Dronen 2022 §3.1) and :class:`~lutengine.PQMatmul` for several
 numbers of codebooks C. Reported per (method, C): test accuracy, accuracy
 relative to the exact network, the NMSE of the logits, fit time, and single-thread
 predict time against the BLAS product measured in the same process.

@@ -1,6 +1,6 @@
 """Every layer of an MNIST MLP replaced by lookup tables: the MNIST results of ITLUMM.
 
-The paper's network (McCarter & Dronen 2022, §4.2, Table 1): 784→30→30→30→10, ReLU,
+The paper's network (McCarter & Dronen 2022, §3.2, Table 1): 784→30→30→30→10, ReLU,
 softmax. It is trained with :meth:`lutengine.nn.MLP.train`, then approximated three ways
 for each method and number of codebooks C:
 

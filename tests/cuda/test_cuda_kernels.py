@@ -40,7 +40,7 @@ def test_encode_matches_cpu_and_reference(N, D, C, fortran, seed):
     flag = cuda.to_device(np.zeros(1, np.int32))
     encode.encode_tree[_cuda._grid(N * C)](cuda.to_device(X), cuda.to_device(split_dims),
                                            cuda.to_device(thresholds), codes, flag)
-    expected, nonfinite = _dispatch.encode_tree(X, split_dims, thresholds)
+    expected, nonfinite = _dispatch.lut.encode_tree(X, split_dims, thresholds)
     np.testing.assert_array_equal(codes.copy_to_host(), expected)
     np.testing.assert_array_equal(expected, reference.ref_encode_tree(X, split_dims, thresholds))
     assert flag.copy_to_host()[0] == nonfinite == 0
@@ -71,7 +71,7 @@ def _scan_inputs(rng, N, C, M):
 
 def _cuda_scan(codes, luts_q, scales, offset_sums, out_bias):
     out = _cuda.scan_quantized(cuda.to_device(codes), cuda.to_device(luts_q),
-                             _dispatch.dequantization(scales, offset_sums, out_bias))
+                             _dispatch.lut.dequantization(scales, offset_sums, out_bias))
     return out.copy_to_host()
 
 
@@ -83,7 +83,7 @@ def test_scan_bit_identical_to_cpu(N, C, M, seed):
     single multiply-add."""
     args = _scan_inputs(np.random.default_rng(seed), N, C, M)
     got = _cuda_scan(*args)
-    np.testing.assert_array_equal(got, _dispatch.scan_quantized(*args))
+    np.testing.assert_array_equal(got, _dispatch.lut.scan_quantized(*args))
     np.testing.assert_allclose(got, reference.ref_scan_quantized(*args), rtol=1e-5, atol=1e-4)
 
 
@@ -94,10 +94,10 @@ def test_scan_wide_outputs_match_the_fused_formula_exactly():
     codes, luts_q, scales, offset_sums, out_bias = args = _scan_inputs(rng, 3, 5, 37)
     got = _cuda_scan(*args)
     acc = reference.ref_accumulate(codes, luts_q).astype(np.float64)
-    inv_scale, shift = _dispatch.dequantization(scales, offset_sums, out_bias)
+    inv_scale, shift = _dispatch.lut.dequantization(scales, offset_sums, out_bias)
     fused = acc * inv_scale.astype(np.float64) + shift.astype(np.float64)
     np.testing.assert_array_equal(got, fused.astype(np.float32))
-    np.testing.assert_array_equal(got, _dispatch.scan_quantized(*args))
+    np.testing.assert_array_equal(got, _dispatch.lut.scan_quantized(*args))
 
 
 @pytest.fixture(scope="module")
