@@ -22,6 +22,7 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import lutengine as le
+from lutengine.experiments._common import code_commit
 
 N_ROWS = 10_000
 N_FEATURES = 512
@@ -184,8 +185,11 @@ def speedups_over_blas(benchmarks):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    """Record the load average (1, 5, 15 min) at the end of the run: how quiet it was."""
+    """Record the load average (1, 5, 15 min) at the end of the run (how quiet it was) and
+    the code's commit (pytest-benchmark's own ``dirty`` flag is always set when the JSON it
+    writes is a tracked file, which it truncates first)."""
     machine_info["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    machine_info["code_commit"] = code_commit()
 
 
 @pytest.hookimpl(trylast=True)

@@ -103,12 +103,12 @@ def _blas_build(report):
 
 def provenance(report):
     """The machine, BLAS build, commit, date and load average of a benchmark run."""
-    machine, commit = report["machine_info"], report.get("commit_info", {})
-    dirty = " (uncommitted changes)" if commit.get("dirty") else ""
+    machine = report["machine_info"]
+    commit = machine.get("code_commit") or report.get("commit_info", {}).get("id", "?")[:7]
     return (f"Machine: {machine.get('cpu', {}).get('brand_raw', '?')}, "
             f"{machine.get('cpu', {}).get('count', '?')} logical cores, "
             f"Python {machine.get('python_version', '?')}; BLAS {_blas_build(report)}; commit "
-            f"{commit.get('id', '?')[:7]}{dirty}; run at {report.get('datetime', '?')}, load "
+            f"{commit}; run at {report.get('datetime', '?')}, load "
             f"average (1, 5, 15 min) at its end {machine.get('loadavg', '?')}.")
 
 
