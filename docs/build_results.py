@@ -215,7 +215,7 @@ def first_run_lines(first_run):
 def compile_table(compile_times):
     """Per-kernel compile times of ``lutengine warmup --out``, slowest first."""
     return [f"`lutengine warmup`: {compile_times['wall_seconds']:.0f} s wall with "
-            f"{compile_times['processes'] or 'one process per core'} worker processes.", "",
+            f"{compile_times['processes']} worker processes.", "",
             *REPORT.markdown_table(
                 ["kernel", "variants compiled", "compile s"],
                 [[f"`{row['kernel']}`", str(row["compilations"]), f"{row['compile_seconds']:.1f}"]

@@ -68,6 +68,12 @@ def _run_task(family, parallel):
     return records
 
 
+def worker_processes(processes=None):
+    """The worker processes of :func:`warmup`: ``processes``, or one per core, at most one
+    per task."""
+    return processes or min(len(TASKS), os.cpu_count() or 1)
+
+
 def warmup(processes=None):
     """Compile the serial and parallel variant of every kernel the dispatch layer can pick on
     this machine (SIMD or plain as ``config.SIMD`` says), in ``processes`` worker processes
@@ -75,7 +81,7 @@ def warmup(processes=None):
 
     Returns ``{kernel: (compilations, seconds)}`` of what was compiled now: empty when
     everything was already in the cache."""
-    processes = processes or min(len(TASKS), os.cpu_count() or 1)
+    processes = worker_processes(processes)
     if processes == 1:
         results = [_run_task(family, parallel) for family, parallel in TASKS]
     else:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from . import datasets, nn
-from ._warmup import warmup
+from ._warmup import warmup, worker_processes
 from .experiments import REGISTRY, write_results
 from .experiments import _common
 from .matmul import LutMatmul
@@ -111,7 +111,7 @@ def _warmup(args):
     print(f"compiled {sum(r['compilations'] for r in rows)} kernel variants in {seconds:.1f} s "
           "(cached on disk for later runs)")
     if args.out:
-        result = {"wall_seconds": round(seconds, 1), "processes": args.processes,
+        result = {"wall_seconds": round(seconds, 1), "processes": worker_processes(args.processes),
                   "machine": _common.machine_info(), "rows": rows}
         paths = write_results(result, args.out, "compile_times", plots={})
         print("wrote:\n" + "\n".join(f"  {p}" for p in paths))
