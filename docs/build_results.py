@@ -189,7 +189,7 @@ def results_page(results):
                       *(f"![{name}](results/{name})" for name in images[:1]), "",
                       *render(result), ""]
     if "first_run" in results:
-        lines += _first_run_section(results), ""
+        lines += [*_first_run_section(results), ""]
     if "gpu_check" in results:
         lines += _gpu_section(results["gpu_check"])
     return "\n".join(lines).rstrip() + "\n"
@@ -303,7 +303,8 @@ def build():
     readme, algorithms = ROOT / "README.md", ROOT / "docs" / "algorithms.md"
     architecture = ROOT / "docs" / "architecture.md"
     readme_text = between_markers(readme.read_text(), README_MARKERS, headline(results))
-    compile_lines = compile_table(results["compile_times"]) if "compile_times" in results else []
+    compile_lines = [provenance_line(results["compile_times"]), "",
+                     *compile_table(results["compile_times"])] if "compile_times" in results else []
     return {ROOT / "docs" / "results.md": results_page(results),
             readme: between_markers(readme_text, FIRST_RUN_MARKERS, first_run_block(results)),
             algorithms: between_markers(algorithms.read_text(), QALSH_MARKERS, qalsh_table()),
