@@ -15,7 +15,7 @@ def threads():
     return numba.get_num_threads()
 
 
-def parallel(nrows, min_rows):
+def runs_parallel(nrows, min_rows):
     """Whether a kernel over ``nrows`` rows (or queries) runs its parallel variant: more than
     one thread, and at least ``min_rows`` rows to share among them."""
     return threads() > 1 and nrows >= min_rows

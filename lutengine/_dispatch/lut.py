@@ -5,11 +5,11 @@ import numpy as np
 from kernels import encode, lut, onehot, packed, scan, split
 
 from .. import config
-from .choice import parallel, threads, use_simd
+from .choice import runs_parallel, threads, use_simd
 
 
 def _parallel(nrows):
-    return parallel(nrows, config.PARALLEL_MIN_ROWS)
+    return runs_parallel(nrows, config.PARALLEL_MIN_ROWS)
 
 
 def _whole_packed_blocks(rows):

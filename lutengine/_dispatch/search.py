@@ -8,13 +8,13 @@ import numpy as np
 
 from kernels import fastscan, qalsh, topk
 
-from .choice import parallel, threads, use_simd
+from .choice import runs_parallel, threads, use_simd
 
 
 def _parallel(nqueries, nworkers=None):
     if nworkers is not None:
         return nworkers > 1 and nqueries > 1
-    return parallel(nqueries, 2)
+    return runs_parallel(nqueries, 2)
 
 
 def merge_topk(scores, offset, rows, top_scores, top_ids):
