@@ -110,6 +110,29 @@ def itlumm_mnist(result):
                    lambda r: f"{r['speedup_vs_blas']:.2f}×")]
 
 
+def learned_mnist(result):
+    lines = []
+    for net in result["nets"]:
+        rows = [r for r in result["rows"] if r["network"] == net["network"] and r["ncodebooks"]]
+        lines += [f"Network {net['network']}, exact test accuracy {net['exact_accuracy']:.4f}, "
+                  f"exact forward {net['exact_forward_ms']:.1f} ms. Each cell: test accuracy "
+                  f"(mean ± std over seeds for learned), accuracy kept, speed-up of the whole "
+                  f"forward over the exact one (1 thread, {result['timing']}), training "
+                  "seconds.", "",
+                  *pivot(rows, ("method",), "ncodebooks",
+                         lambda r: f"{r['accuracy']:.3f} ± {r['accuracy_std']:.3f}, "
+                                   f"{r['relative_accuracy']:.3f}, {r['speedup_vs_exact']:.1f}×, "
+                                   f"{r['train_seconds']:.0f} s"), ""]
+    if result["ablation"]:
+        lines += ["Ablation (one seed; each row switches one part off):", "",
+                  *REPORT.markdown_table(
+                      ["network", "C", "variant", "accuracy", "kept", "training s"],
+                      [[r["network"], str(r["ncodebooks"]), r["method"], f"{r['accuracy']:.4f}",
+                        f"{r['relative_accuracy']:.3f}", f"{r['train_seconds']:.0f}"]
+                       for r in result["ablation"]])]
+    return lines
+
+
 def quantization(result):
     return ["NMSE of the int8 tables over the NMSE of the float tables: one scale per output "
             "(what `LutMatmul` does), and one scale for all outputs (summed exactly; averaged as "
@@ -142,6 +165,7 @@ def mips_speed(result):
 EXPERIMENTS = {
     "classifier_layer": ("Classifier layer (MADDNESS's softmax experiment)", classifier_layer),
     "itlumm_mnist": ("Every layer replaced (ITLUMM's MNIST table)", itlumm_mnist),
+    "learned_mnist": ("Learned lookup-table networks", learned_mnist),
     "quantization": ("int8 tables on heavy-tailed outputs", quantization),
     "mips_mnist": ("Top-k sparse activation (the MIPS paper's Table 1)", mips_mnist),
     "mips_speed": ("MIPS recall against speed", mips_speed),

@@ -146,18 +146,21 @@ def build_parser():
                      help="classifier-layer, itlumm-mnist: numbers of codebooks")
     rep.add_argument("--ks", type=_positive_int, nargs="+", metavar="K",
                      help="mips-mnist: numbers of top (and bottom) rows computed")
-    rep.add_argument("--networks", nargs="+", choices=("plain", "sparse"),
-                     help="mips-mnist: networks to train (sparse: L1 on hidden activations)")
+    rep.add_argument("--networks", nargs="+", metavar="NET",
+                     help="mips-mnist: networks to train (plain, sparse: L1 on hidden "
+                          "activations); learned-mnist: 784x30x30x30x10, 784x256x256x10")
     rep.add_argument("--l1", type=float, help="mips-mnist: L1 strength of the sparse network")
     rep.add_argument("--epochs", type=_positive_int,
-                     help="mips-mnist, itlumm-mnist: training epochs")
+                     help="mips-mnist, itlumm-mnist: training epochs; learned-mnist: epochs "
+                          "of learn_luts")
     rep.add_argument("--methods", nargs="+", metavar="METHOD")
     rep.add_argument("--hidden", type=_positive_int, metavar="UNITS",
                      help="classifier-layer, mips-mnist: hidden units")
     rep.add_argument("--hidden-sizes", type=_positive_int, nargs="+", metavar="UNITS",
                      help="itlumm-mnist: hidden layer widths (default: 30 30 30)")
     rep.add_argument("--seeds", type=_positive_int,
-                     help="itlumm-mnist: replacement seeds averaged at 1 codebook")
+                     help="itlumm-mnist: replacement seeds averaged at 1 codebook; "
+                          "learned-mnist: seeds of the learned rows")
     rep.add_argument("--n-rows", type=_positive_int, metavar="N",
                      help="mips-speed: rows of the synthetic item sets")
     rep.add_argument("--dim", dest="d", type=_positive_int, metavar="D",

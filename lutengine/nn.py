@@ -297,3 +297,35 @@ def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="co
                 params = [p for later in net.layers[fed:] for p in (later.W, later.b)]
                 train_layers(params, H, y, rng=rng, progress=progress, **settings)
     return net
+
+
+def learn_luts(net, X_train, y_train, ncodebooks, *, layers=None, epochs=None, distill=True,
+               schedule="joint", partition="contiguous", learn_thresholds=True,
+               learn_tables=True, settings=None, random_state=0, progress=True):
+    """Replace layers of ``net`` by lookup-table layers trained end to end.
+
+    Each layer in ``layers`` (default: all) is fitted as a :class:`~lutengine.LutMatmul`
+    on the activations it receives (from the input to the output, as
+    :func:`replace_layers`), then its thresholds, tables and bias are trained through a
+    straight-through soft tree on the softmax cross-entropy of ``(X_train, y_train)``,
+    with ``distill`` also on the KL divergence to ``net``'s outputs
+    (:mod:`lutengine.learned`). ``schedule`` "joint" converts every layer first and
+    trains them together for ``epochs`` (default 8); "progressive" trains after each
+    conversion for ``epochs // len(layers)`` epochs, with the exact layers still to be
+    converted (ITLUMM §2.3's incremental route). Exact layers that stay exact are frozen.
+    ``learn_thresholds`` / ``learn_tables`` freeze either part (ablations); ``settings``
+    overrides :data:`lutengine.learned.SETTINGS`.
+
+    Returns a new :class:`MLP` whose learned layers are fitted :class:`~lutengine.LutMatmul`
+    (hard codes, int8 tables) that run on the usual kernels; ``net`` is left unchanged.
+    Needs PyTorch (``pip install "lutengine[train]"``); inference never imports it.
+    """
+    try:
+        from . import learned
+    except ImportError as exc:
+        raise ImportError("learn_luts needs PyTorch: pip install 'lutengine[train]' (see "
+                          "README for the CPU-only wheel)") from exc
+    return learned.learn_luts(net, X_train, y_train, ncodebooks, layers=layers, epochs=epochs,
+                              distill=distill, schedule=schedule, partition=partition,
+                              learn_thresholds=learn_thresholds, learn_tables=learn_tables,
+                              settings=settings, random_state=random_state, progress=progress)

@@ -5,6 +5,7 @@ import importlib
 import inspect
 import json
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,29 @@ def test_warmup_compiles_every_kernel_the_dispatch_layer_can_pick():
         expected = {name for name in expected if not name.endswith("_parallel")}
     assert expected <= set(compiled)
     assert [name for name in sorted(expected) if compiled[name] == 0] == []
+
+
+_INFERENCE_WITHOUT_TORCH = """
+import sys
+import numpy as np
+import lutengine as le
+from lutengine import cli, datasets, nn
+from lutengine.experiments import REGISTRY
+X, y = datasets.load_digits()[:2]
+net = nn.MLP.train(X, y, [16], epochs=1, progress=False)
+replaced = nn.replace_layers(net, X, y, 4, progress=False)
+replaced.predict(X)
+le.LutMatmul(4, progress=False).fit(X, net.layers[0].W).predict(X)
+print(sorted(name for name in sys.modules if name.split(".")[0] == "torch"))
+"""
+
+
+def test_inference_never_imports_torch():
+    """Fitting, replacing and predicting (and the command line's imports) run without
+    torch: only :mod:`lutengine.learned`, the training of learned layers, needs it."""
+    done = subprocess.run([sys.executable, "-c", _INFERENCE_WITHOUT_TORCH], capture_output=True,
+                          text=True, timeout=600, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    importers = [path.name for path in Path(lutengine.__file__).parent.rglob("*.py")
+                 if re.search(r"^\s*(import|from) torch", path.read_text(), re.MULTILINE)]
+    assert importers == ["learned.py"]

@@ -107,22 +107,37 @@ def _seconds(fn):
     return time.perf_counter() - start
 
 
-def time_vs_blas(est, A, B, repeats=TIMING_REPEATS):
-    """Single-thread ``est.predict(A)`` against ``A @ B`` (float32 BLAS), same process.
+def time_pair(fn, reference, repeats=TIMING_REPEATS):
+    """Single-thread time of ``fn()`` against ``reference()``, same process.
 
     After one untimed call of each, the two are timed alternately ``repeats`` times (so
-    both see the same machine load) and the best time of each is kept. Returns a dict
-    with ``predict_ms``, ``blas_ms`` and ``speedup_vs_blas`` (BLAS time / predict time).
+    both see the same machine load) and the best time of each is kept. Returns ``ms``,
+    ``reference_ms`` and ``speedup`` (reference time / fn time).
     """
+    with single_thread():
+        fn()
+        reference()
+        times = [(_seconds(fn), _seconds(reference)) for _ in range(repeats)]
+    best, best_reference = np.min(times, axis=0)
+    return {"ms": 1e3 * best, "reference_ms": 1e3 * best_reference,
+            "speedup": best_reference / best}
+
+
+def best_seconds(fn, repeats=TIMING_REPEATS):
+    """Best single-thread time of ``fn()`` over ``repeats`` calls after an untimed one."""
+    with single_thread():
+        fn()
+        return min(_seconds(fn) for _ in range(repeats))
+
+
+def time_vs_blas(est, A, B, repeats=TIMING_REPEATS):
+    """:func:`time_pair` of ``est.predict(A)`` against ``A @ B`` (float32 BLAS): returns
+    ``predict_ms``, ``blas_ms`` and ``speedup_vs_blas`` (BLAS time / predict time)."""
     A = np.ascontiguousarray(A, dtype=np.float32)
     B = np.ascontiguousarray(B, dtype=np.float32)
-    with single_thread():
-        est.predict(A)
-        A @ B
-        times = [(_seconds(lambda: est.predict(A)), _seconds(lambda: A @ B))
-                 for _ in range(repeats)]
-    predict, blas = np.min(times, axis=0)
-    return {"predict_ms": 1e3 * predict, "blas_ms": 1e3 * blas, "speedup_vs_blas": blas / predict}
+    timed = time_pair(lambda: est.predict(A), lambda: A @ B, repeats)
+    return {"predict_ms": timed["ms"], "blas_ms": timed["reference_ms"],
+            "speedup_vs_blas": timed["speedup"]}
 
 
 def machine_info():
@@ -152,7 +167,8 @@ PLOTS = {"accuracy": ("ncodebooks", "relative_accuracy", 2),
 _LABELS = {"ncodebooks": "codebooks C", "relative_accuracy": "accuracy / exact accuracy",
            "speedup_vs_blas": "speed-up over BLAS (1 thread)",
            "speedup_vs_brute": "speed-up over brute force (BLAS + argpartition, 1 thread)",
-           "recall_at_k": "recall@k"}
+           "recall_at_k": "recall@k",
+           "speedup_vs_exact": "speed-up of the whole forward over the exact one (1 thread)"}
 
 #: fields naming the line a row belongs to in a plot, in label order
 _SERIES_FIELDS = ("network", "norms", "layer", "method", "ncodebooks", "finetune")
@@ -220,6 +236,7 @@ def _plot(rows, x, y, log_base, path, title):
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
+    rows = [r for r in rows if r.get(x) is not None and r.get(y) is not None]
     fig, ax = plt.subplots(figsize=(6, 4.5))
     series = dict.fromkeys(_series(row, x) for row in rows)
     markers = "osD^vP*X"

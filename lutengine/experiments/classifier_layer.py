@@ -4,8 +4,9 @@ The setting of MADDNESS §5.3 (Blalock & Guttag 2021) on a 784→512→10 ReLU M
 hidden activations H and the output weights W2 are fixed, and ``H @ W2 + b2`` is
 approximated by :class:`~lutengine.LutMatmul` (MADDNESS, and ITLUMM's
 ``itlumm-{partition}-{objective}``: permuted subspaces and tables fitted through the
-softmax, McCarter & Dronen 2022 §3.1) and :class:`~lutengine.PQMatmul` for several
-numbers of codebooks C. Reported per (method, C): test accuracy, accuracy
+softmax, McCarter & Dronen 2022 §3.1), :class:`~lutengine.PQMatmul`, and ``learned``
+(:func:`lutengine.nn.learn_luts`: trees and tables trained end to end on the labels with
+distillation from the exact layer) for several numbers of codebooks C. Reported per (method, C): test accuracy, accuracy
 relative to the exact network, the NMSE of the logits, fit time, and single-thread
 predict time against the BLAS product measured in the same process.
 """
@@ -15,6 +16,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from .. import nn
 from ..matmul import LutMatmul, PQMatmul
 from . import _common
 
@@ -29,6 +31,7 @@ METHODS = {
            C, partition=partition, lut_objective=objective, activation="softmax",
            random_state=random_state, progress=False)
        for partition in ("contiguous", "opq", "r2") for objective in ("mse", "kl")},
+    "learned": None,  # nn.learn_luts on the layer alone, trained on the labels (see run)
 }
 
 
@@ -77,9 +80,12 @@ def run(dataset="mnist", ncodebooks=(2, 4, 8, 16, 32, 64), methods=tuple(METHODS
     rows = []
     jobs = [(m, C) for m in methods for C in ncodebooks]
     for method, C in tqdm(jobs, desc=f"{NAME} ({dataset})", disable=not progress):
-        est = METHODS[method](C, random_state)
         start = time.perf_counter()
-        est.fit(H_train, W2, bias=b2)
+        if method == "learned":  # the output layer as a one-layer network on H
+            est = nn.learn_luts(nn.MLP([nn.Dense(W2, b2)]), H_train, ytr, C,
+                                random_state=random_state, progress=False).layers[0]
+        else:
+            est = METHODS[method](C, random_state).fit(H_train, W2, bias=b2)
         fit_seconds = time.perf_counter() - start
         Y_hat = est.predict(H_test)
         acc = _common.accuracy(Y_hat, yte)
