@@ -25,7 +25,6 @@ rounds them, dequantised as the scans do. The backward pass is straight-through
 
 import copy
 import math
-import time
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ from tqdm import tqdm
 
 from . import _dispatch
 from .matmul import LutMatmul
-from .nn import Dense, MLP, _class_indices, _n_inputs
+from .nn import Dense, MLP, _class_indices, _n_inputs, layers_and_codebooks
 from ._validation import as_float_matrix, check_choice, check_int, check_n_features
 
 #: training defaults (Adam, cosine decay, straight-through soft trees)
@@ -287,17 +286,9 @@ def learn_luts(net, X_train, y_train, ncodebooks, *, layers=None, epochs=None, d
     X = as_float_matrix(X_train, "X_train")
     check_n_features(X, "X_train", _n_inputs(net.layers[0]))
     y = _class_indices(net.classes, y_train, len(X))
-    last = len(net.layers) - 1
-    targets = list(range(last + 1)) if layers is None else sorted(layers)
-    if not targets or any(not 0 <= i <= last for i in targets):
-        raise ValueError(f"layers must be indices in 0..{last}, got {layers!r}")
+    targets, counts = layers_and_codebooks(net, layers, ncodebooks)
     if any(not isinstance(net.layers[i], Dense) for i in targets):
         raise ValueError("the layers to learn must be Dense")
-    counts = np.broadcast_to(np.asarray(ncodebooks), (len(targets),)) \
-        if np.ndim(ncodebooks) == 0 or len(ncodebooks) == len(targets) else None
-    if counts is None or not np.issubdtype(counts.dtype, np.integer):
-        raise ValueError(f"ncodebooks must be an integer or one integer per learned layer "
-                         f"({len(targets)}), got {ncodebooks!r}")
     if epochs is None:
         epochs = 8
     check_int(epochs, "epochs", 0)
@@ -316,7 +307,7 @@ def learn_luts(net, X_train, y_train, ncodebooks, *, layers=None, epochs=None, d
         A = _inputs_of(model, calibration, i)
         W = model.layers[i].weight.detach().numpy().T.copy()
         b = model.layers[i].bias.detach().numpy().copy()
-        fitted = LutMatmul(int(C), partition=partition, random_state=random_state,
+        fitted = LutMatmul(C, partition=partition, random_state=random_state,
                            progress=False).fit(A, W, bias=b)
         model.layers[i] = LearnedLut(fitted, A, learn_thresholds, learn_tables)
         history += _train(model, X, y, teacher, stage_epochs, settings, rng, progress,

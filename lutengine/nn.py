@@ -240,6 +240,26 @@ def train_layers(params, X, y, epochs, batch_size, learning_rate, l1=0.0, kwta=N
         bar.set_postfix(loss=f"{total / len(X):.4f}")
 
 
+def layers_and_codebooks(net, layers, ncodebooks):
+    """The sorted indices of the ``layers`` of ``net`` to replace (all when None) and the
+    number of codebooks of each (``ncodebooks``: an int, or one per replaced layer)."""
+    last = len(net.layers) - 1
+    if layers is not None and any(isinstance(i, (bool, np.bool_))
+                                  or not isinstance(i, numbers.Integral) for i in layers):
+        raise TypeError(f"layers must be integer indices in 0..{last}, got {layers!r}")
+    targets = list(range(last + 1)) if layers is None else sorted(layers)
+    if not targets or any(not 0 <= i <= last for i in targets):
+        raise ValueError(f"layers must be indices in 0..{last}, got {layers!r}")
+    counts = np.asarray(ncodebooks)
+    if not np.issubdtype(counts.dtype, np.integer):
+        raise TypeError(f"ncodebooks must be an integer or one integer per replaced layer, "
+                        f"got {ncodebooks!r}")
+    if counts.shape not in ((), (len(targets),)):
+        raise ValueError(f"ncodebooks must be an integer or hold one per replaced layer "
+                         f"({len(targets)}), got shape {counts.shape}")
+    return targets, [int(C) for C in np.broadcast_to(counts, (len(targets),))]
+
+
 def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="contiguous",
                    lut_objective="ridge", finetune=True, finetune_settings=None,
                    random_state=0, progress=True):
@@ -261,23 +281,9 @@ def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="co
     X = as_float_matrix(X_train, "X_train")
     check_n_features(X, "X_train", _n_inputs(net.layers[0]))
     y = _class_indices(net.classes, y_train, len(X))
-    last = len(net.layers) - 1
-    if layers is not None and any(isinstance(i, (bool, np.bool_))
-                                  or not isinstance(i, numbers.Integral) for i in layers):
-        raise TypeError(f"layers must be integer indices in 0..{last}, got {layers!r}")
-    targets = list(range(last + 1)) if layers is None else sorted(layers)
-    if not targets or any(not 0 <= i <= last for i in targets):
-        raise ValueError(f"layers must be indices in 0..{last}, got {layers!r}")
+    targets, counts = layers_and_codebooks(net, layers, ncodebooks)
     if any(not isinstance(layer, Dense) for layer in net.layers[targets[0]:]):
         raise ValueError("the layers to replace and every layer after them must be Dense")
-    counts = np.asarray(ncodebooks)
-    if not np.issubdtype(counts.dtype, np.integer):
-        raise TypeError(f"ncodebooks must be an integer or one integer per replaced layer, "
-                        f"got {ncodebooks!r}")
-    if counts.shape not in ((), (len(targets),)):
-        raise ValueError(f"ncodebooks must be an integer or hold one per replaced layer "
-                         f"({len(targets)}), got shape {counts.shape}")
-    counts = np.broadcast_to(counts, (len(targets),))
     settings = {**FINETUNE, **(finetune_settings or {})}
     rng = np.random.default_rng(random_state)
     H, fed = X, 0  # H is what layer ``fed`` receives, carried forward layer by layer
@@ -285,10 +291,10 @@ def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="co
         for between in net.layers[fed:i]:
             H = relu(between.predict(H))
         layer = net.layers[i]
-        output = i == last
+        output = i == len(net.layers) - 1
         objective = "mse" if lut_objective == "kl" and not output else lut_objective
         activation = None if objective == "ridge" else ("softmax" if output else "relu")
-        net.layers[i] = LutMatmul(int(C), partition=partition, lut_objective=objective,
+        net.layers[i] = LutMatmul(C, partition=partition, lut_objective=objective,
                                   activation=activation, random_state=random_state,
                                   progress=False).fit(H, layer.W, bias=layer.b)
         if not output:

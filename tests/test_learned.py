@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 import lutengine as le  # noqa: E402
 from lutengine import datasets, learned, nn  # noqa: E402
 from lutengine._dispatch import lut as lut_kernels  # noqa: E402
+from lutengine.experiments import learned_mnist  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +221,50 @@ def test_bad_training_data_is_rejected(digits):
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="X_train"):
         nn.learn_luts(net, bad, ytr, 2, progress=False)
+
+
+def test_reproduce_learned_mnist_on_digits(tmp_path, digits):
+    import json
+
+    from lutengine.cli import main
+
+    argv = ["reproduce", "learned-mnist", "--dataset", "digits", "--networks", "itlumm",
+            "--ncodebooks", "2", "4", "--seeds", "2", "--epochs", "1", "--out", str(tmp_path),
+            "--no-progress"]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "learned_mnist_digits.json").read_text())
+    (net,) = result["nets"]
+    assert net["network"] == "64x30x30x30x10"
+    # the exact network is nn.MLP.train's, deterministic: retrained here, same accuracy
+    Xtr, ytr, Xte, yte = digits
+    exact = nn.MLP.train(Xtr, ytr, [30, 30, 30], random_state=0, progress=False)
+    assert net["exact_accuracy"] == exact.score(Xte, yte)
+    assert [(r["method"], r["ncodebooks"]) for r in result["rows"]] == [
+        ("exact", None), ("replace_layers", 2), ("learned", 2), ("replace_layers", 4),
+        ("learned", 4)]
+    for row in result["rows"]:
+        assert len(row["seeds"]) == (2 if row["method"] == "learned" else 1)
+        assert row["accuracy"] == pytest.approx(np.mean(row["seeds"]))
+        assert row["accuracy_std"] == pytest.approx(np.std(row["seeds"]))
+        assert row["relative_accuracy"] == pytest.approx(row["accuracy"] / net["exact_accuracy"])
+        assert row["speedup_vs_exact"] > 0 and row["train_seconds"] > 0
+    # the learned row's first seed is learn_luts with those settings
+    again = nn.learn_luts(exact, Xtr, ytr, 4, epochs=1, random_state=0, progress=False)
+    assert result["rows"][4]["seeds"][0] == again.score(Xte, yte)
+    assert [r["method"] for r in result["ablation"]] == list(learned_mnist.ABLATIONS)
+    for suffix in ("accuracy", "speed"):
+        assert (tmp_path / f"learned_mnist_digits_{suffix}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_classifier_layer_learned_row(tmp_path):
+    import json
+
+    from lutengine.cli import main
+
+    argv = ["reproduce", "classifier-layer", "--dataset", "digits", "--methods", "maddness",
+            "learned", "--ncodebooks", "4", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "classifier_layer_digits.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["maddness", "learned"]
+    # trained on the labels with distillation, it keeps more than the fitted tables
+    assert rows[1]["accuracy"] > rows[0]["accuracy"]
