@@ -305,6 +305,17 @@ def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="co
     return net
 
 
+def from_torch(module, example_input):
+    """The :class:`MLP` computing a PyTorch ``module``: a chain of ``Linear`` layers with
+    ReLU between them (``Flatten`` first, ``Dropout`` / ``Identity`` anywhere, a final
+    ``Softmax`` / ``LogSoftmax``), traced by ``torch.fx``; checked against the module on
+    ``example_input`` (a batch of its inputs) before it is returned. Any other op is
+    rejected by name and node (:mod:`lutengine.importers`). Needs PyTorch."""
+    from .importers import torch_mlp
+
+    return torch_mlp(module, example_input)
+
+
 def learn_luts(net, X_train, y_train, ncodebooks, *, layers=None, epochs=None, distill=True,
                schedule="joint", partition="contiguous", learn_thresholds=True,
                learn_tables=True, settings=None, random_state=0, progress=True):
