@@ -316,6 +316,15 @@ def from_torch(module, example_input):
     return torch_mlp(module, example_input)
 
 
+def from_onnx(path):
+    """The :class:`MLP` of an ONNX file holding a Linear / ReLU chain (Gemm or MatMul + Add,
+    Relu, Flatten first, a final Softmax / LogSoftmax; :func:`lutengine.importers.onnx_mlp`).
+    Any other op is rejected by name and node. Needs the ``onnx`` package."""
+    from .importers import onnx_mlp
+
+    return onnx_mlp(path)
+
+
 def learn_luts(net, X_train, y_train, ncodebooks, *, layers=None, epochs=None, distill=True,
                schedule="joint", partition="contiguous", learn_thresholds=True,
                learn_tables=True, settings=None, random_state=0, progress=True):

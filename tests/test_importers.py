@@ -120,3 +120,62 @@ def test_a_mismatch_on_the_example_input_is_an_error():
     module.register_forward_pre_hook(lambda mod, args: (args[0] * 2,))
     with pytest.raises(ValueError, match="differs from the module"):
         nn.from_torch(module, np.ones((2, 8), np.float32))
+
+
+# -- ONNX: models written with onnx.helper, outputs compared with onnxruntime ---------------
+
+def _onnx_model(path, nodes, weights, n_in, n_out):
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", n_in])],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, ["n", n_out])],
+        [numpy_helper.from_array(w.astype(np.float32), name) for name, w in weights.items()])
+    import onnx
+
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _ort(path, X):
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": X})[0]
+
+
+def test_onnx_gemm_and_matmul_chains_match_onnxruntime(tmp_path, images):
+    from onnx import helper
+
+    rng = np.random.default_rng(3)
+    weights = {"W0": rng.normal(0, 0.05, (64, 784)), "b0": rng.normal(0, 0.1, 64),
+               "W1": rng.normal(0, 0.2, (64, 32)), "b1": rng.normal(0, 0.1, 32),
+               "W2": rng.normal(0, 0.2, (10, 32)), "b2": rng.normal(0, 0.1, 10)}
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "W0", "b0"], ["h0"], transB=1, alpha=0.5, beta=2.0),
+             helper.make_node("Relu", ["h0"], ["r0"]),
+             helper.make_node("MatMul", ["r0", "W1"], ["m1"]),
+             helper.make_node("Add", ["m1", "b1"], ["h1"]),
+             helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("Gemm", ["r1", "W2", "b2"], ["logits"], transB=1),
+             helper.make_node("Softmax", ["logits"], ["p"], axis=1)]
+    path = _onnx_model(tmp_path / "mlp.onnx", nodes, weights, 784, 10)
+    net = nn.from_onnx(path)
+    expected = _ort(path, images[2])
+    np.testing.assert_allclose(net.predict_proba(images[2]), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(net.predict(images[2]), expected.argmax(1))
+
+
+@pytest.mark.parametrize("node, match", [
+    (("Sigmoid", ["x"], ["y"], {}), "'Sigmoid' at node"),
+    (("Conv", ["x", "W"], ["y"], {}), "'Conv' at node"),
+    (("Gemm", ["x", "W"], ["y"], {"transA": 1}), "transA"),
+    (("Softmax", ["x"], ["y"], {"axis": 0}), "axis=1"),
+])
+def test_onnx_unsupported_ops_are_named(tmp_path, node, match):
+    from onnx import helper
+
+    op, inputs, outputs, attrs = node
+    nodes = [helper.make_node(op, inputs, outputs, name="the_node", **attrs)]
+    path = _onnx_model(tmp_path / "bad.onnx", nodes, {"W": np.ones((8, 8))}, 8, 8)
+    with pytest.raises(ValueError, match=match):
+        nn.from_onnx(path)
