@@ -3,6 +3,7 @@
     python bench/report.py docs/results/speed_matmul.json   (bench/test_bench_matmul.py)
     python bench/report.py docs/results/speed_mips.json     (bench/test_bench_mips.py)
     python bench/report.py docs/results/speed_dask.json     (bench/test_bench_dask.py)
+    python bench/report.py docs/results/speed_network.json  (bench/test_bench_network.py)
 
 (the benchmark commands are :data:`COMMANDS`) writes ``{stem}.md`` and ``{stem}.png`` beside
 the JSON file and rewrites the JSON without the per-round timings (``stats.data``; the
@@ -11,7 +12,9 @@ summary statistics stay). The kind of table follows the benchmark groups (:func:
 BLAS (min time over min time) per codebook count C; ``mips``, per row count, dimension, norm
 distribution and batch, the speed-up of each search method over brute force (BLAS product +
 argpartition) and its recall@10; ``dask``, rows per second of ``predict`` locally and through
-Dask against 1-thread BLAS. Machine, BLAS build, commit and load average come from the JSON.
+Dask against 1-thread BLAS; ``network``, per model and batch size, the time, rows per second
+and speed-up over onnxruntime (``ort``) of each whole-network runtime. Machine, BLAS build,
+commit and load average come from the JSON.
 """
 
 import argparse
@@ -37,6 +40,9 @@ COMMANDS = {
     "speed_dask": (f"{_UNSET_BLAS_OVERRIDES} python -m pytest bench/test_bench_dask.py "
                    "--benchmark-enable --benchmark-json=docs/results/speed_dask.json",
                    "python bench/report.py docs/results/speed_dask.json"),
+    "speed_network": (f"{_UNSET_BLAS_OVERRIDES} python -m pytest bench/test_bench_network.py "
+                      "--benchmark-enable --benchmark-json=docs/results/speed_network.json",
+                      "python bench/report.py docs/results/speed_network.json"),
 }
 
 #: column order and headings of the matmul tables (implementations of test_bench_matmul.py)
@@ -57,10 +63,11 @@ MIPS_METHODS = {"normscan": "normscan (exact)", "h2alsh": "h2alsh (defaults)",
 
 def kind(report):
     """"mips" (groups ``mips|...``, bench/test_bench_mips.py), "dask" (``predict-dask|...``,
-    bench/test_bench_dask.py) or "matmul" (bench/test_bench_matmul.py)."""
+    bench/test_bench_dask.py), "network" (``network|...``, bench/test_bench_network.py) or
+    "matmul" (bench/test_bench_matmul.py)."""
     groups = {(bench.get("group") or "").split("|")[0] for bench in report["benchmarks"]}
-    return {frozenset({"mips"}): "mips", frozenset({"predict-dask"}): "dask"}.get(
-        frozenset(groups), "matmul")
+    return {frozenset({"mips"}): "mips", frozenset({"predict-dask"}): "dask",
+            frozenset({"network"}): "network"}.get(frozenset(groups), "matmul")
 
 
 def speedups(report):
@@ -93,9 +100,9 @@ def mips_speedups(report):
 
 
 def _blas_build(report):
-    for bench in report["benchmarks"]:
+    for bench in sorted(report["benchmarks"], key=lambda b: b["extra_info"].get("impl") != "blas"):
         info = bench["extra_info"]
-        if info.get("impl") == "blas":
+        if info.get("blas_internal_api"):
             return (f"{info['blas_internal_api'][0]} ({info['blas_architecture'][0]}), "
                     f"numba {info['numba_version']}")
     return "unknown"
@@ -151,6 +158,44 @@ def dask_table(report):
                               for impl, (s, info) in stats.items()])]
 
 
+def network_speedups(report):
+    """{model: {rows: {impl: (min seconds, ORT min time / impl min time)}}}: impls in the
+    order they ran, batch sizes largest first."""
+    mins = {}
+    for bench in report["benchmarks"]:
+        info = bench["extra_info"]
+        mins.setdefault(info["model"], {}).setdefault(info["rows"], {})[info["impl"]] = \
+            bench["stats"]["min"]
+    return {model: {rows: {impl: (t, times["ort"] / t if "ort" in times else float("nan"))
+                           for impl, t in times.items()}
+                    for rows, times in sorted(by_rows.items(), reverse=True)}
+            for model, by_rows in mins.items()}
+
+
+def _duration(seconds):
+    return f"{seconds * 1e3:.1f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.0f} µs"
+
+
+def network_table(report):
+    """Markdown lines: per model, one row per runtime; per batch size its best time, rows
+    per second and speed-up over onnxruntime (ORT min time / its min time)."""
+    lines = []
+    for model, by_rows in network_speedups(report).items():
+        impls = list(dict.fromkeys(impl for times in by_rows.values() for impl in times))
+        header = ["runtime"] + [f"{label} ({rows} row{'s' * (rows > 1)})" for rows in by_rows
+                                for label in ("best", "rows/s", "× ORT")]
+        cells = []
+        for impl in impls:
+            row = [f"`{impl}`"]
+            for rows, times in by_rows.items():
+                t, ratio = times.get(impl, (None, None))
+                row += ["–"] * 3 if t is None else [_duration(t), f"{rows / t:,.0f}",
+                                                    f"{ratio:.2f}×"]
+            cells.append(row)
+        lines += ["", f"**{model}**", "", *markdown_table(header, cells)]
+    return lines
+
+
 def markdown_table(header, rows):
     """Markdown lines of a table: the header, then one line per row (cells as strings)."""
     return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|",
@@ -173,6 +218,13 @@ def description(report):
                 "(1 Numba and 1 BLAS thread each), the input already on the workers in 8 chunks, "
                 "the results kept on the workers (`persist`) or gathered into the client "
                 "(`gather`).")
+    if kind(report) == "network":
+        return ("Whole networks on one thread (BLAS and Numba pinned, onnxruntime with one "
+                "intra-op and one inter-op thread, `torch.set_num_threads(1)`), on a batch and "
+                "on one row; × ORT = min time of onnxruntime (`ort`) / min time of the runtime, "
+                "all measured in the same run (> 1 is faster than onnxruntime). "
+                "`lutengine-lut-C*`: every weight layer on lookup tables (`replace_layers`, no "
+                "fine-tuning: speed only); see bench/test_bench_network.py.")
     return ("N = 10 000 rows, D = 512, float32; speed-up = min time of 1-thread BLAS / min time "
             "of the implementation, all measured in the same run, threads pinned (BLAS via "
             "threadpoolctl, Numba via `numba.set_num_threads`).")
@@ -180,13 +232,15 @@ def description(report):
 
 def tables(report):
     """The Markdown lines of the report's tables."""
-    return {"mips": mips_table, "dask": dask_table, "matmul": matmul_tables}[kind(report)](report)
+    return {"mips": mips_table, "dask": dask_table, "matmul": matmul_tables,
+            "network": network_table}[kind(report)](report)
 
 
 #: page title of each kind of benchmark
 TITLES = {"matmul": "LutMatmul.predict against BLAS",
           "mips": "MipsIndex.search against brute force",
-          "dask": "predict through Dask against the local call"}
+          "dask": "predict through Dask against the local call",
+          "network": "Whole networks against onnxruntime"}
 
 
 def markdown(report, stem):
@@ -251,8 +305,33 @@ def plot_dask(report, path):
     plt.close(fig)
 
 
+def plot_network(report, path):
+    """One panel per model: each runtime's speed-up over onnxruntime per batch size, as bars."""
+    from matplotlib import ticker
+
+    ratios = network_speedups(report)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(6 * len(ratios), 4), squeeze=False)
+    for ax, (model, by_rows) in zip(axes[0], ratios.items()):
+        impls = list(dict.fromkeys(impl for times in by_rows.values() for impl in times))
+        width = 0.8 / len(impls)
+        for i, impl in enumerate(impls):
+            ax.bar([x + i * width for x in range(len(by_rows))],
+                   [times.get(impl, (0, float("nan")))[1] for times in by_rows.values()],
+                   width, label=impl)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([x + width * (len(impls) - 1) / 2 for x in range(len(by_rows))],
+                      [f"{rows} row{'s' * (rows > 1)}" for rows in by_rows])
+        ax.set(yscale="log", ylabel="speed-up over onnxruntime (1 thread)", title=model)
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 #: the plot of each kind of benchmark
-PLOTS = {"matmul": plot_matmul, "mips": plot_mips, "dask": plot_dask}
+PLOTS = {"matmul": plot_matmul, "mips": plot_mips, "dask": plot_dask, "network": plot_network}
 
 
 def main(argv=None):

@@ -1,10 +1,10 @@
 """Compile every kernel ahead of time, filling Numba's on-disk cache.
 
 Each kernel family of the dispatch layer (:mod:`lutengine._dispatch`) warms up its serial
-and its parallel variants as four independent tasks, run in separate processes (a compile
-uses one core, and the families share no kernel, so no two processes write the same cache
-entry). Each compilation is timed with Numba's event API (``numba:compile`` events; a
-kernel loaded from the cache fires none).
+and its parallel variants as two independent tasks (:data:`TASKS`), run in separate
+processes (a compile uses one core, and the families share no kernel, so no two processes
+write the same cache entry). Each compilation is timed with Numba's event API
+(``numba:compile`` events; a kernel loaded from the cache fires none).
 """
 
 import os
@@ -20,7 +20,8 @@ from numba.core import event
 from . import _dispatch
 
 #: (family, parallel variants?) of every warm-up task
-TASKS = tuple((family, parallel) for family in ("lut", "search") for parallel in (False, True))
+TASKS = tuple((family, parallel) for family in ("lut", "search", "conv", "fused")
+              for parallel in (False, True))
 
 
 class _CompileTimer(event.Listener):

@@ -20,6 +20,14 @@ SCAN_BLOCK_ROWS = 256
 #: rows per chunk of the SIMD scan (kernels/packed.py): each output's column is written
 #: this many rows at a time, while the chunk's packed codes stay in L2
 PACKED_SCAN_CHUNK_ROWS = 8192
+#: rows per block of the fused chain (kernels/fused.py): the block's gathered inputs, codes
+#: and two hidden activation buffers stay in L1/L2 while it goes through every layer
+FUSED_BLOCK_ROWS = 32
+#: bytes of the conv encoder's per-worker scratch of gathered split values (16·C bytes per
+#: output position; kernels/conv.py): a work unit is as many whole output rows as fit (at
+#: least one). Measured on a 2-core AMD EPYC (512 KiB L2), 32x32 outputs: C=16 best at
+#: 512–1024 positions, C=64 at 256; smaller units pay per-unit overhead, larger ones leave L2
+CONV_SCRATCH_BYTES = 1 << 18
 #: below this many rows the serial kernels are used even when threads are available
 PARALLEL_MIN_ROWS = 2048
 #: normscan: rows in its first block (later blocks double, up to NORMSCAN_MAX_BLOCK)

@@ -1,5 +1,6 @@
-"""Checksum-verified loaders for MNIST and Fashion-MNIST IDX files, their download, and the
-Fashion-MNIST subset shipped in the package (``lutengine/data/``, MIT licence, © Zalando SE).
+"""Checksum-verified loaders for MNIST and Fashion-MNIST IDX files, their download, the
+Fashion-MNIST subset shipped in the package (``lutengine/data/``, MIT licence, © Zalando SE),
+and CIFAR-10 stored as JPEG files in one ``.npz`` (:func:`load_cifar10`, in ``ROOT/cifar10/``).
 
 Files are searched for in ``data_home``, then ``$LUTENGINE_DATA``, then
 ``~/.cache/lutengine``; dataset ``mnist`` lives in ``ROOT/mnist/`` and
@@ -7,8 +8,10 @@ Files are searched for in ``data_home``, then ``$LUTENGINE_DATA``, then
 spelled ``train-images-idx3-ubyte`` or ``train-images.idx3-ubyte``.
 """
 
+import functools
 import gzip
 import hashlib
+import io
 import os
 import urllib.request
 from pathlib import Path
@@ -145,11 +148,12 @@ def _check_name(name):
 
 
 def find_dataset_dir(name, data_home=None):
-    """Return the first ``ROOT/<subdir>`` folder holding all four files of ``name``.
+    """Return the first ``ROOT/<subdir>`` folder holding all four files of ``name`` (for
+    ``"cifar10"``: the folder ``ROOT/cifar10/`` holding :data:`CIFAR10_FILE`).
 
     Parameters
     ----------
-    name : {"mnist", "fashion"}
+    name : {"mnist", "fashion", "cifar10"}
     data_home : str or Path, optional
         Searched before ``$LUTENGINE_DATA`` and ``~/.cache/lutengine``.
 
@@ -157,6 +161,9 @@ def find_dataset_dir(name, data_home=None):
     -------
     Path or None
     """
+    if name == "cifar10":  # one .npz of JPEG files, not IDX (see load_cifar10)
+        folders = (root / CIFAR10_SUBDIR for root in _roots(data_home))
+        return next((folder for folder in folders if (folder / CIFAR10_FILE).is_file()), None)
     _check_name(name)
     for root in _roots(data_home):
         folder = root / _SUBDIRS[name]
@@ -237,6 +244,12 @@ def download_dataset(name, data_home=None, progress=True):
 
 
 def _missing_message(name, data_home):
+    if name == "cifar10":
+        searched = "\n".join(f"  {root / CIFAR10_SUBDIR}" for root in _roots(data_home))
+        return (f"cifar10 dataset not found. Searched, in order:\n{searched}\n"
+                f"Put {CIFAR10_FILE} (CIFAR-10's 60 000 images as JPEG files in one .npz) "
+                f"into one of those folders.\nSet ${ENV_VAR} to a root containing "
+                f"'{CIFAR10_SUBDIR}/' or pass data_home=.")
     searched = "\n".join(f"  {root / _SUBDIRS[name]}" for root in _roots(data_home))
     files = "\n".join(f"  {stem}.gz (or uncompressed {stem})" for stem in _FILES)
     return (
@@ -290,6 +303,79 @@ def load_mnist(split="train", data_home=None, download=False):
 def load_fashion_mnist(split="train", data_home=None, download=False):
     """Load Fashion-MNIST; see :func:`load_dataset`."""
     return load_dataset("fashion", split, data_home, download)
+
+
+#: CIFAR-10: the folder under a data root, the file :func:`load_cifar10` reads (every train
+#: and test image as a JPEG of quality 75, in the original CIFAR order) and its SHA-256, the
+#: file of the first 4 000 training images' exact pixels (tests), and the class names
+CIFAR10_SUBDIR = "cifar10"
+CIFAR10_FILE = "cifar10_yoongikim_jpeg_q75.npz"
+_CIFAR10_SHA256 = "5f15e78705d161132a48e3d05c892d152462131f6967335ea12277f8bb97bfe8"
+CIFAR10_LOSSLESS_FILE = "cifar10_train_first4000_lossless.npz"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+_CIFAR10_SIZES = {"train": 50_000, "test": 10_000}
+
+
+@functools.lru_cache(maxsize=4)
+def _cifar10_pixels(path, mtime_ns, size, split):
+    """One split of the CIFAR-10 file at ``path``, checked against its SHA-256 and decoded
+    once per (file version, split): read-only uint8 images (n, 3, 32, 32) and labels (n,)."""
+    from PIL import Image
+
+    path = Path(path)
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != _CIFAR10_SHA256:
+        raise ValueError(f"{path}: SHA-256 mismatch (expected {_CIFAR10_SHA256}, got {actual})")
+    with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+        jpegs = stored[f"{split}_jpeg_bytes"]
+        offsets = stored[f"{split}_jpeg_offsets"]
+        labels = stored[f"{split}_labels"].astype(np.int64)
+    n = _CIFAR10_SIZES[split]
+    if offsets.shape != (n + 1,) or labels.shape != (n,):
+        raise ValueError(f"{path}: expected {n} {split} images, got {len(offsets) - 1} offsets "
+                         f"and {len(labels)} labels")
+    images = np.empty((n, 32, 32, 3), np.uint8)
+    for i in range(n):
+        with Image.open(io.BytesIO(jpegs[offsets[i]:offsets[i + 1]].tobytes())) as image:
+            images[i] = np.asarray(image.convert("RGB"))
+    images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    images.flags.writeable = labels.flags.writeable = False
+    return images, labels
+
+
+def load_cifar10(split="train", data_home=None):
+    """Load CIFAR-10 (50 000 train / 10 000 test 32x32 colour images, 10 classes in
+    :data:`CIFAR10_CLASSES`, original CIFAR order) from ``ROOT/cifar10/`` (roots as for
+    MNIST: ``data_home``, ``$LUTENGINE_DATA``, ``~/.cache/lutengine``).
+
+    The images are stored as JPEG files of quality 75, so they are close to, not equal to,
+    the official pixels (median PSNR about 30 dB). Decoding a split takes seconds; the decoded
+    uint8 arrays are kept in memory for later calls (nothing is written to disk).
+
+    Parameters
+    ----------
+    split : {"train", "test"}
+    data_home : str or Path, optional
+        Root searched before ``$LUTENGINE_DATA`` and ``~/.cache/lutengine``.
+
+    Returns
+    -------
+    X : ndarray of float32, shape (n, 3, 32, 32) (NCHW, RGB), values in [0, 1]
+    y : ndarray of int64, shape (n,)
+    """
+    if split not in _CIFAR10_SIZES:
+        raise ValueError(f"split must be one of {sorted(_CIFAR10_SIZES)}, got split={split!r}")
+    folder = find_dataset_dir("cifar10", data_home)
+    if folder is None:
+        raise FileNotFoundError(_missing_message("cifar10", data_home))
+    path = (folder / CIFAR10_FILE).resolve()
+    stat = path.stat()
+    images, labels = _cifar10_pixels(str(path), stat.st_mtime_ns, stat.st_size, split)
+    X = images.astype(np.float32)
+    X /= 255
+    return X, labels.copy()
 
 
 def load_digits():

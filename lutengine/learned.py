@@ -32,8 +32,9 @@ from tqdm import tqdm
 
 from . import _dispatch
 from .matmul import LutMatmul
-from .nn import Dense, MLP, _class_indices, _n_inputs, layers_and_codebooks
-from ._validation import as_float_matrix, check_choice, check_int, check_n_features
+from . import network as nw
+from .nn import FIT_ROWS, Dense, _class_indices, layers_and_codebooks
+from ._validation import check_choice, check_int
 
 #: training defaults (Adam, cosine decay, straight-through soft trees)
 SETTINGS = {
@@ -161,6 +162,8 @@ class LearnedLut(torch.nn.Module):
             q, low, scale = quantize_tables(self.tables)
             deployed = (onehot @ q.reshape(C * 16, M)) * (1.0 / scale) \
                 + (low.double().sum(dim=0).float() + self.bias)
+        if not torch.is_grad_enabled():  # inference passes need no soft tree
+            return deployed
         # clamped: empty subtrees have θ = ±inf, and sigmoid is flat beyond ±30 anyway
         z = ((x[:, self.node_dims] - theta) / (self.temperature * self.sigma)).clamp(-30, 30)
         leaf_prob = torch.exp(torch.nn.functional.logsigmoid(-z) @ self.left
@@ -183,51 +186,96 @@ class LearnedLut(torch.nn.Module):
         return lut
 
 
-class _Network(torch.nn.Module):
-    """A sequence of :class:`LearnedLut` and ``torch.nn.Linear`` layers, ReLU between."""
+class _LearnedConv(torch.nn.Module):
+    """A :class:`LearnedLut` over the im2col patches of a Conv2d (``unfold`` order)."""
 
-    def __init__(self, layers):
+    def __init__(self, lut, op):
         super().__init__()
-        self.layers = torch.nn.ModuleList(layers)
+        self.lut, self.op = lut, op
+
+    def forward(self, x):
+        op = self.op
+        patches = torch.nn.functional.unfold(x, op.kernel_size, padding=op.padding,
+                                             stride=op.stride)
+        rows, cols = ((n + 2 * p - k) // s + 1 for n, k, s, p in
+                      zip(x.shape[2:], op.kernel_size, op.stride, op.padding))
+        out = self.lut(patches.transpose(1, 2).reshape(-1, patches.shape[1]))
+        return out.reshape(len(x), rows * cols, -1).transpose(1, 2).reshape(len(x), -1, rows,
+                                                                            cols)
+
+
+def _torch_op(op, trainable):
+    """The torch module computing a (Dense) op of a Network; None for a softmax head."""
+    if isinstance(op, (nw.Linear, nw.Conv2d)):
+        W, b = op.layer.W, op.layer.b
+        if isinstance(op, nw.Linear):
+            module = torch.nn.Linear(*W.shape)
+            weight = W.T
+        else:
+            module = torch.nn.Conv2d(op.in_channels, W.shape[1], op.kernel_size, op.stride,
+                                     op.padding)
+            weight = W.T.reshape(module.weight.shape)
+        with torch.no_grad():
+            module.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
+            module.bias.copy_(torch.from_numpy(b))
+        return module.requires_grad_(trainable)
+    if isinstance(op, (nw.MaxPool2d, nw.AvgPool2d)):
+        pool = torch.nn.MaxPool2d if isinstance(op, nw.MaxPool2d) else torch.nn.AvgPool2d
+        return pool(op.kernel_size, op.stride, op.padding)
+    if isinstance(op, nw.GELU):
+        return torch.nn.GELU(op.approximate)
+    if isinstance(op, nw.Softmax):
+        return None
+    return {nw.ReLU: torch.nn.ReLU, nw.Flatten: torch.nn.Flatten}[type(op)]()
+
+
+class _Model(torch.nn.Module):
+    """A Network's ops as torch modules, up to its logits (a softmax head is left out)."""
+
+    def __init__(self, net, trainable):
+        super().__init__()
+        ops = [_torch_op(op, i in trainable) for i, op in enumerate(net.ops)]
+        self.ops = torch.nn.ModuleList(ops[:-1] if ops[-1] is None else ops)
 
     def forward(self, x, stop=None):
-        """Logits, or with ``stop`` what layer ``stop`` receives."""
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers[:stop]):
-            x = layer(x)
-            if i < last:
-                x = torch.relu(x)
+        """Logits, or with ``stop`` what ``ops[stop]`` receives."""
+        for op in self.ops[:stop]:
+            x = op(x)
         return x
 
-
-def _linear(dense, trainable):
-    layer = torch.nn.Linear(*dense.W.shape)
-    with torch.no_grad():
-        layer.weight.copy_(torch.from_numpy(dense.W.T.copy()))
-        layer.bias.copy_(torch.from_numpy(dense.b))
-    layer.requires_grad_(trainable)
-    return layer
+    def learned(self):
+        return [m for m in self.modules() if isinstance(m, LearnedLut)]
 
 
-def _inputs_of(model, X, layer, batch=8192):
-    """What ``layer`` receives from ``model`` (hard forward) for the rows of X: float32."""
+def _inputs_of(model, X, op_index, batch=512):
+    """What ``ops[op_index]`` receives from ``model`` (hard forward) for X: float32."""
     model.eval()
     with torch.no_grad():
-        parts = [model(torch.from_numpy(X[s:s + batch]), stop=layer).numpy()
+        parts = [model(torch.from_numpy(X[s:s + batch]), stop=op_index).numpy()
                  for s in range(0, len(X), batch)]
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
 
+def _calibration(model, net, X, op_index, rng):
+    """The rows the layer at ``op_index`` is fitted and calibrated on: its inputs for X, or
+    :data:`lutengine.nn.FIT_ROWS` of their patches for a Conv2d."""
+    A = _inputs_of(model, X, op_index)
+    op = net.ops[op_index]
+    if isinstance(op, nw.Conv2d):
+        A = op.patches(A)
+        A = A[np.sort(rng.choice(len(A), min(len(A), FIT_ROWS), replace=False))]
+    return np.ascontiguousarray(A)
+
+
 def _optimizer(model, settings):
     groups = []
-    for layer in model.layers:
-        if isinstance(layer, LearnedLut):
-            rms = float(layer.tables.detach().square().mean().sqrt()) or 1.0
-            groups += [{"params": [layer.shift], "lr": settings["threshold_lr"]},
-                       {"params": [layer.tables, layer.bias],
-                        "lr": settings["table_lr"] * rms}]
-        else:
-            groups.append({"params": list(layer.parameters()), "lr": settings["dense_lr"]})
+    for layer in model.learned():
+        rms = float(layer.tables.detach().square().mean().sqrt()) or 1.0
+        groups += [{"params": [layer.shift], "lr": settings["threshold_lr"]},
+                   {"params": [layer.tables, layer.bias], "lr": settings["table_lr"] * rms}]
+    learned = {id(p) for layer in model.learned() for p in layer.parameters()}
+    groups.append({"params": [p for p in model.parameters() if id(p) not in learned],
+                   "lr": settings["dense_lr"]})
     groups = [g for g in groups if any(p.requires_grad for p in g["params"])]
     return torch.optim.Adam(groups) if groups else None
 
@@ -255,9 +303,8 @@ def _train(model, X, y, teacher, epochs, settings, rng, progress, desc):
             rows = order[start:start + batch]
             progress_frac = min(1.0, step / (0.9 * steps))
             tau = hot * (cold / hot) ** progress_frac
-            for layer in model.layers:
-                if isinstance(layer, LearnedLut):
-                    layer.temperature = tau
+            for layer in model.learned():
+                layer.temperature = tau
             for group, base in zip(optimizer.param_groups, bases):
                 group["lr"] = base * 0.5 * (1 + math.cos(math.pi * step / steps))
             logits = model(Xt[rows])
@@ -281,42 +328,50 @@ def _train(model, X, y, teacher, epochs, settings, rng, progress, desc):
 def learn_luts(net, X_train, y_train, ncodebooks, *, layers=None, epochs=None, distill=True,
                schedule="joint", partition="contiguous", learn_thresholds=True,
                learn_tables=True, settings=None, random_state=0, progress=True):
-    """See :func:`lutengine.nn.learn_luts`."""
+    """See :func:`lutengine.nn.learn_luts`; ``net`` is a :class:`~lutengine.network.Network`
+    of Dense layers."""
     check_choice(schedule, "schedule", {"joint", "progressive"})
-    X = as_float_matrix(X_train, "X_train")
-    check_n_features(X, "X_train", _n_inputs(net.layers[0]))
+    X = net._validated(X_train)
     y = _class_indices(net.classes, y_train, len(X))
     targets, counts = layers_and_codebooks(net, layers, ncodebooks)
-    if any(not isinstance(net.layers[i], Dense) for i in targets):
-        raise ValueError("the layers to learn must be Dense")
+    if any(not isinstance(layer, Dense) for layer in net.layers):
+        raise ValueError("every layer of net must be Dense (exact) to learn lookup tables")
     if epochs is None:
         epochs = 8
     check_int(epochs, "epochs", 0)
     settings = {**SETTINGS, **(settings or {})}
     torch.manual_seed(random_state)
     rng = np.random.default_rng(random_state)
-    teacher = net.decision_function(X).astype(np.float32) if distill else None
-    calibration = X[rng.permutation(len(X))[:settings["calibration_rows"]]]
+    positions = [net.layer_indices[i] for i in targets]
     # exact layers that stay exact are frozen; those still to convert train (progressive)
-    model = _Network([_linear(layer, trainable=schedule == "progressive" and i in targets)
-                      if isinstance(layer, Dense) else layer
-                      for i, layer in enumerate(net.layers)])
+    model = _Model(net, set(positions) if schedule == "progressive" else set())
+    teacher = _inputs_of(model, X, len(model.ops)) if distill else None
+    calibration = X[rng.permutation(len(X))[:settings["calibration_rows"]]]
     stage_epochs = max(1, epochs // len(targets)) if schedule == "progressive" else 0
     history = []
-    for i, C in zip(tqdm(targets, desc="learn LUT layers", disable=not progress), counts):
-        A = _inputs_of(model, calibration, i)
-        W = model.layers[i].weight.detach().numpy().T.copy()
-        b = model.layers[i].bias.detach().numpy().copy()
+    for i, C, position in zip(tqdm(targets, desc="learn LUT layers", disable=not progress),
+                              counts, positions):
+        A = _calibration(model, net, calibration, position, rng)
+        exact = model.ops[position]
+        W = exact.weight.detach().numpy().reshape(len(exact.weight), -1).T.copy()
         fitted = LutMatmul(C, partition=partition, random_state=random_state,
-                           progress=False).fit(A, W, bias=b)
-        model.layers[i] = LearnedLut(fitted, A, learn_thresholds, learn_tables)
+                           progress=False).fit(A, W, bias=exact.bias.detach().numpy().copy())
+        lut = LearnedLut(fitted, A, learn_thresholds, learn_tables)
+        model.ops[position] = lut if isinstance(exact, torch.nn.Linear) \
+            else _LearnedConv(lut, net.ops[position])
         history += _train(model, X, y, teacher, stage_epochs, settings, rng, progress,
                           f"train (layer {i})")
     if schedule == "joint":
         history = _train(model, X, y, teacher, epochs, settings, rng, progress, "train (joint)")
-    layers = [layer.export() if isinstance(layer, LearnedLut) else
-              Dense(layer.weight.detach().numpy().T, layer.bias.detach().numpy())
-              for layer in model.layers]
-    learned = MLP(layers, net.classes)
+    learned = net.with_layers({i: _exported(model.ops[position])
+                               for i, position in enumerate(net.layer_indices)})
     learned.training_loss_ = history
     return learned
+
+
+def _exported(module):
+    """The estimator of a trained op: an exported LutMatmul, or a Dense."""
+    if isinstance(module, (LearnedLut, _LearnedConv)):
+        return (module if isinstance(module, LearnedLut) else module.lut).export()
+    W = module.weight.detach().numpy().reshape(len(module.weight), -1).T
+    return Dense(W, module.bias.detach().numpy())

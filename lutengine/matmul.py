@@ -21,6 +21,7 @@ from ._validation import (
     check_codes, check_index_range, check_is_fitted, check_n_features, check_ncodebooks,
     check_random_state, raise_if_nonfinite_read,
 )
+from .fastscan import pack_codes
 from .lut_opt import optimize_luts, ridge_prototypes
 
 #: lut_objective -> the activations it accepts
@@ -185,9 +186,15 @@ class _LutEstimator:
         return self._scan(self.transform(A))
 
     def predict_codes(self, codes):
-        """The scan alone, from codes given by :meth:`transform`."""
+        """The scan alone, from codes given by :meth:`transform` (F-ordered from the SIMD
+        scan, as :meth:`predict`)."""
         check_is_fitted(self)
-        return self._scan(check_codes(codes, "codes", self.luts_.shape[0]))
+        codes = check_codes(codes, "codes", self.luts_.shape[0])
+        if self.quantize and _dispatch.use_simd():
+            return _dispatch.lut.scan_quantized_packed(
+                pack_codes(codes), codes.shape[0], self.luts_q_, self.lut_scale_,
+                self._lut_offset(), self.bias_)
+        return self._scan(codes)
 
     def _scan(self, codes):
         if self.quantize:

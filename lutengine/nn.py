@@ -13,6 +13,7 @@ experiment needs them): an L1 penalty on them, and k-winners-take-all.
 """
 
 import copy
+import math
 import numbers
 
 import numpy as np
@@ -20,6 +21,8 @@ from tqdm import tqdm
 
 from ._validation import as_float_matrix, as_float_vector, check_int, check_n_features
 from .matmul import LutMatmul
+from .network import (AvgPool2d, Conv2d, Flatten, GELU, Linear, LogSoftmax, MaxPool2d, Network,
+                      ReLU, Softmax)
 
 #: Adam's constants (the paper's defaults)
 ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
@@ -135,6 +138,12 @@ class MLP:
             raise ValueError(f"y must hold one label per row of X, shape {predicted.shape}, "
                              f"got shape {y.shape}")
         return float(np.mean(predicted == y))
+
+    def to_network(self):
+        """This network as a :class:`Network` (Linear, ReLU, …, Linear, Softmax) whose
+        ``forward`` is :meth:`predict_proba` in float32; the layers are shared."""
+        ops = [op for layer in self.layers for op in (Linear(layer), ReLU())][:-1]
+        return Network([*ops, Softmax()], (_n_inputs(self.layers[0]),), self.classes)
 
     def __repr__(self):
         return f"MLP({self.layers!r})"
@@ -275,8 +284,25 @@ def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="co
     the output layer with the KL divergence of the softmax, and uses "mse" for hidden
     layers (KL is defined for distributions only). ``partition`` and ``ncodebooks`` (an
     int, or one per replaced layer) go to every :class:`~lutengine.LutMatmul`.
-    Returns a new :class:`MLP`; ``net`` is left unchanged.
+    ``net`` may be an :class:`MLP` or a :class:`Network`. A Network of a Linear / ReLU
+    chain is replaced as an MLP; in any other Network (convolutions, pooling…) a Conv2d
+    is fitted on :data:`FIT_ROWS` patches drawn at random from the activations it receives,
+    and ``finetune`` trains the exact Linear / ReLU chain at the end of the network, if
+    any, after each replaced layer.
+    Returns a new network of ``net``'s type; ``net`` is left unchanged.
     """
+    if isinstance(net, Network):
+        mlp = _mlp_of(net)
+        if mlp is None:
+            return _replace_network_layers(net, X_train, y_train, ncodebooks, layers, partition,
+                                           lut_objective, finetune, finetune_settings,
+                                           random_state, progress)
+        X = net._validated(X_train)
+        replaced = replace_layers(mlp, X.reshape(len(X), -1), y_train, ncodebooks, layers,
+                                  partition, lut_objective, finetune, finetune_settings,
+                                  random_state, progress)
+        return net.with_layers(dict(enumerate(replaced.layers)))
+
     net = MLP(copy.deepcopy(net.layers), net.classes)
     X = as_float_matrix(X_train, "X_train")
     check_n_features(X, "X_train", _n_inputs(net.layers[0]))
@@ -305,24 +331,113 @@ def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="co
     return net
 
 
+#: rows (patches for a Conv2d) each layer of a :class:`Network` is fitted on
+FIT_ROWS = 32768
+
+
+def _mlp_of(net):
+    """The :class:`MLP` of a Network that is a Linear / ReLU chain (after an optional
+    Flatten, before an optional softmax head), sharing its layers; None for any other."""
+    ops = list(net.ops)
+    ops = ops[1:] if isinstance(ops[0], Flatten) else ops
+    ops = ops[:-1] if ops and isinstance(ops[-1], Softmax) else ops
+    if len(ops) % 2 == 0 or not all(isinstance(op, Linear) for op in ops[0::2]) \
+            or not all(isinstance(op, ReLU) for op in ops[1::2]):
+        return None
+    return MLP([op.layer for op in ops[0::2]], net.classes)
+
+
+def _activation_after(net, op_index, objective):
+    """The nonlinearity the "mse" / "kl" table fit goes through: what follows the layer."""
+    if objective == "ridge":
+        return None
+    following = net.ops[op_index + 1] if op_index + 1 < len(net.ops) else None
+    if isinstance(following, ReLU):
+        return "relu"
+    return "softmax" if following is None or isinstance(following, Softmax) else None
+
+
+def _fit_rows(net, X, op_index, rng):
+    """At most :data:`FIT_ROWS` rows of what ``ops[op_index]`` multiplies for inputs X: its
+    input rows, or patches drawn uniformly from the images' activations for a Conv2d."""
+    op = net.ops[op_index]
+    if not isinstance(op, Conv2d):
+        rows = rng.choice(len(X), min(len(X), FIT_ROWS), replace=False)
+        return net.inputs_of(X[np.sort(rows)], op_index)
+    per_image = math.prod(net.shapes[op_index + 1][1:])
+    keep = min(1.0, FIT_ROWS / (len(X) * per_image))
+    chunk = max(1, 4096 // per_image)
+    samples = []
+    for start in range(0, len(X), chunk):
+        P = op.patches(net.run(X[start:start + chunk], 0, op_index))
+        samples.append(P[rng.random(len(P)) < keep])
+    return np.ascontiguousarray(np.concatenate(samples))
+
+
+def _dense_tail(net, op_index):
+    """(op index, Dense layers) of the exact Linear / ReLU chain that ends the network after
+    ``ops[op_index]`` (softmax head aside), or None when another weight layer comes first."""
+    ops = list(net.ops[:-1] if isinstance(net.ops[-1], Softmax) else net.ops)
+    first = next((i for i in range(op_index + 1, len(ops))
+                  if isinstance(ops[i], (Linear, Conv2d))), None)
+    if first is None or not all(isinstance(op, Linear) and isinstance(op.layer, Dense)
+                                for op in ops[first::2]) \
+            or not all(isinstance(op, ReLU) for op in ops[first + 1::2]) \
+            or len(ops[first:]) % 2 == 0:
+        return None
+    return first, [op.layer for op in ops[first::2]]
+
+
+def _replace_network_layers(net, X_train, y_train, ncodebooks, layers, partition, lut_objective,
+                            finetune, finetune_settings, random_state, progress):
+    """:func:`replace_layers` on a Network with convolutions (see there)."""
+    net = copy.deepcopy(net)
+    X = net._validated(X_train)
+    y = _class_indices(net.classes, y_train, len(X))
+    targets, counts = layers_and_codebooks(net, layers, ncodebooks)
+    if any(not isinstance(layer, Dense) for layer in net.layers[targets[0]:]):
+        raise ValueError("the layers to replace and every layer after them must be Dense")
+    settings = {**FINETUNE, **(finetune_settings or {})}
+    rng = np.random.default_rng(random_state)
+    for i, C in zip(tqdm(targets, desc="replace layers", disable=not progress), counts):
+        op_index = net.layer_indices[i]
+        layer = net.layers[i]
+        output = op_index == net.layer_indices[-1]
+        objective = "mse" if lut_objective == "kl" and not output else lut_objective
+        fitted = LutMatmul(C, partition=partition, lut_objective=objective,
+                           activation=_activation_after(net, op_index, objective),
+                           random_state=random_state, progress=False)
+        net = net.with_layers({i: fitted.fit(_fit_rows(net, X, op_index, rng), layer.W,
+                                             bias=layer.b)})
+        tail = _dense_tail(net, op_index) if finetune else None
+        if tail is not None:
+            first, dense = tail
+            H = net.inputs_of(X, first).reshape(len(X), -1)
+            train_layers([p for d in dense for p in (d.W, d.b)], H, y, rng=rng,
+                         progress=progress, **settings)
+    return net
+
+
 def from_torch(module, example_input):
-    """The :class:`MLP` computing a PyTorch ``module``: a chain of ``Linear`` layers with
-    ReLU between them (``Flatten`` first, ``Dropout`` / ``Identity`` anywhere, a final
-    ``Softmax`` / ``LogSoftmax``), traced by ``torch.fx``; checked against the module on
+    """The :class:`Network` computing a PyTorch ``module``: a chain of Linear, Conv2d,
+    BatchNorm (folded), ReLU, GELU, MaxPool2d / AvgPool2d, Flatten, Dropout / Identity and
+    a final Softmax / LogSoftmax, traced by ``torch.fx`` and checked against the module on
     ``example_input`` (a batch of its inputs) before it is returned. Any other op is
     rejected by name and node (:mod:`lutengine.importers`). Needs PyTorch."""
-    from .importers import torch_mlp
+    from .importers import torch_network
 
-    return torch_mlp(module, example_input)
+    return torch_network(module, example_input)
 
 
 def from_onnx(path):
-    """The :class:`MLP` of an ONNX file holding a Linear / ReLU chain (Gemm or MatMul + Add,
-    Relu, Flatten first, a final Softmax / LogSoftmax; :func:`lutengine.importers.onnx_mlp`).
-    Any other op is rejected by name and node. Needs the ``onnx`` package."""
-    from .importers import onnx_mlp
+    """The :class:`Network` of an ONNX file holding a chain of the ops :func:`from_torch`
+    takes (Gemm, MatMul + Add, Conv, BatchNormalization, Relu, Gelu, MaxPool, AveragePool,
+    Flatten, Softmax / LogSoftmax; :func:`lutengine.importers.onnx_network`), checked
+    against onnxruntime when it is installed. Any other op is rejected by name and node.
+    Needs the ``onnx`` package."""
+    from .importers import onnx_network
 
-    return onnx_mlp(path)
+    return onnx_network(path)
 
 
 def learn_luts(net, X_train, y_train, ncodebooks, *, layers=None, epochs=None, distill=True,
@@ -342,7 +457,9 @@ def learn_luts(net, X_train, y_train, ncodebooks, *, layers=None, epochs=None, d
     ``learn_thresholds`` / ``learn_tables`` freeze either part (ablations); ``settings``
     overrides :data:`lutengine.learned.SETTINGS`.
 
-    Returns a new :class:`MLP` whose learned layers are fitted :class:`~lutengine.LutMatmul`
+    ``net`` is an :class:`MLP` or a :class:`Network` of Dense layers (a Conv2d learns
+    over its im2col patches, fitted on :data:`FIT_ROWS` of them).
+    Returns a new network of ``net``'s type whose learned layers are fitted :class:`~lutengine.LutMatmul`
     (hard codes, int8 tables) that run on the usual kernels; ``net`` is left unchanged.
     Needs PyTorch (``pip install "lutengine[train]"``); inference never imports it.
     """
@@ -351,7 +468,15 @@ def learn_luts(net, X_train, y_train, ncodebooks, *, layers=None, epochs=None, d
     except ImportError as exc:
         raise ImportError("learn_luts needs PyTorch: pip install 'lutengine[train]' (see "
                           "README for the CPU-only wheel)") from exc
-    return learned.learn_luts(net, X_train, y_train, ncodebooks, layers=layers, epochs=epochs,
-                              distill=distill, schedule=schedule, partition=partition,
-                              learn_thresholds=learn_thresholds, learn_tables=learn_tables,
-                              settings=settings, random_state=random_state, progress=progress)
+    network = net.to_network() if isinstance(net, MLP) else net
+    if isinstance(net, MLP):
+        check_n_features(as_float_matrix(X_train, "X_train"), "X_train", network.input_shape[0])
+    result = learned.learn_luts(network, X_train, y_train, ncodebooks, layers=layers,
+                                epochs=epochs, distill=distill, schedule=schedule,
+                                partition=partition, learn_thresholds=learn_thresholds,
+                                learn_tables=learn_tables, settings=settings,
+                                random_state=random_state, progress=progress)
+    if isinstance(net, MLP):
+        history, result = result.training_loss_, MLP(result.layers, net.classes)
+        result.training_loss_ = history
+    return result

@@ -115,6 +115,33 @@ def ref_encode_tree_packed(X, split_dims, thresholds):
     return ref_pack_codes(ref_encode_tree(X, split_dims, thresholds))
 
 
+def _ref_pair(value):
+    return (value, value) if np.ndim(value) == 0 else tuple(value)
+
+
+def ref_im2col(X, kernel_size, stride=1, padding=0):
+    """Conv2d patches (groups=1, zero padding) of X (n, Cin, H, W), by loops over the
+    output positions: row ``(n*Ho + y)*Wo + x`` holds at feature ``ci*kh*kw + dy*kw + dx``
+    the value ``X[n, ci, y*sh + dy - ph, x*sw + dx - pw]``, 0 outside the image."""
+    X = np.asarray(X)
+    (kh, kw), (sh, sw), (ph, pw) = _ref_pair(kernel_size), _ref_pair(stride), _ref_pair(padding)
+    n, Cin, H, W = X.shape
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    padded = np.zeros((n, Cin, H + 2 * ph, W + 2 * pw), dtype=X.dtype)
+    padded[:, :, ph:ph + H, pw:pw + W] = X
+    patches = np.empty((n, Ho, Wo, Cin * kh * kw), dtype=X.dtype)
+    for y in range(Ho):
+        for x in range(Wo):
+            window = padded[:, :, y * sh:y * sh + kh, x * sw:x * sw + kw]  # (n, Cin, kh, kw)
+            patches[:, y, x] = window.reshape(n, -1)
+    return patches.reshape(n * Ho * Wo, -1)
+
+
+def ref_encode_tree_conv(X, split_dims, thresholds, kernel_size, stride=1, padding=0):
+    """MADDNESS codes of the Conv2d patches: :func:`ref_encode_tree` on :func:`ref_im2col`."""
+    return ref_encode_tree(ref_im2col(X, kernel_size, stride, padding), split_dims, thresholds)
+
+
 def ref_scan_quantized_packed(packed, nrows, luts_q, scales, offset_sums, out_bias):
     return ref_scan_quantized(ref_unpack_codes(packed, nrows, luts_q.shape[0]), luts_q, scales,
                             offset_sums, out_bias)
@@ -233,6 +260,33 @@ def ref_pack_nibbles(low, high):
 def ref_scan_float(codes, luts, out_bias):
     """Exact sum ``Σ_c luts[c, codes[n, c], :] + out_bias`` in float64."""
     return _gather(codes, luts).astype(np.float64).sum(axis=1) + np.asarray(out_bias, np.float64)
+
+
+def ref_fused_chain(X, split_dims, thresholds, luts, inv_scale, shift, layout, codes=None):
+    """Forward of a chain of quantised MADDNESS layers with ReLU between them, layer by
+    layer on whole arrays, in the flat plan of kernels/fused.py: float32 (N, width of the
+    last layer).
+
+    Layer ``l`` = ``layout[l]`` = (first tree, C, first table entry, padded width, width,
+    first scalar): its trees are rows ``first:first + C`` of split_dims / thresholds and
+    read its input H (X, then the previous layer's ``width`` columns); its tables are
+    ``luts[start:start + 16·C·padded]`` as (C, 16, padded), of which the first ``width``
+    columns count. ``Z = float32(acc · inv_scale + shift)`` rounded once (the product of a
+    16-bit integer and a float32 is exact in float64: a fused multiply-add, up to a double
+    rounding that needs a float64 sum exactly halfway between float32 numbers); ``H =
+    max(Z, 0)`` except after the last layer. ``codes``: a list receiving each layer's codes.
+    """
+    H = np.asarray(X, dtype=np.float32)
+    for layer, (first, C, start, padded, width, vec) in enumerate(np.asarray(layout).tolist()):
+        layer_codes = ref_encode_tree(H, split_dims[first:first + C], thresholds[first:first + C])
+        if codes is not None:
+            codes.append(layer_codes)
+        tables = np.asarray(luts)[start:start + 16 * C * padded].reshape(C, 16, padded)[:, :, :width]
+        acc = ref_accumulate(layer_codes, tables)
+        Z = (acc * np.asarray(inv_scale[vec:vec + width], np.float64)
+             + np.asarray(shift[vec:vec + width], np.float64)).astype(np.float32)
+        H = Z if layer == len(layout) - 1 else np.maximum(Z, np.float32(0))
+    return H
 
 
 def ref_onehot(codes):

@@ -174,23 +174,38 @@ import sys
 import numpy as np
 import lutengine as le
 from lutengine import cli, datasets, nn
+from lutengine import network as nw
 from lutengine.experiments import REGISTRY
 X, y = datasets.load_digits()[:2]
 net = nn.MLP.train(X, y, [16], epochs=1, progress=False)
 replaced = nn.replace_layers(net, X, y, 4, progress=False)
 replaced.predict(X)
+replaced.to_network().forward(X)
 le.LutMatmul(4, progress=False).fit(X, net.layers[0].W).predict(X)
+images = X.reshape(-1, 1, 8, 8)
+conv = nw.Conv2d(nn.Dense(np.ones((9, 3)), np.zeros(3)), 1, 3, padding=1)
+cnn = nw.Network([conv, nw.ReLU(), nw.MaxPool2d(2), nw.Flatten(),
+                  nw.Linear(nn.Dense(np.ones((48, 10)), np.zeros(10)))], (1, 8, 8))
+nn.replace_layers(cnn, images, y, 4, progress=False).predict(images)
 print(sorted(name for name in sys.modules if name.split(".")[0] == "torch"))
 """
 
+#: the modules that may import torch, inside functions only (importers, experiments that
+#: train or time a PyTorch model); learned.py is the one that imports it at the top and is
+#: itself imported only by nn.learn_luts
+TORCH_IMPORTERS = {"importers.py", "learned.py", "cifar10_cnn.py", "mlp_runtime.py"}
+
 
 def test_inference_never_imports_torch():
-    """Fitting, replacing and predicting (and the command line's imports) run without
-    torch: only :mod:`lutengine.learned` (training learned layers) and
-    :mod:`lutengine.importers` (importing PyTorch modules) use it, and only when called."""
+    """Fitting, replacing and predicting MLPs and CNNs (and the command line's imports) run
+    without torch: only the modules of :data:`TORCH_IMPORTERS` use it, and only when
+    called."""
     done = subprocess.run([sys.executable, "-c", _INFERENCE_WITHOUT_TORCH], capture_output=True,
                           text=True, timeout=600, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
-    importers = [path.name for path in Path(lutengine.__file__).parent.rglob("*.py")
-                 if re.search(r"^\s*(import|from) torch", path.read_text(), re.MULTILINE)]
-    assert sorted(importers) == ["importers.py", "learned.py"]
+    sources = {path.name: path.read_text() for path in Path(lutengine.__file__).parent.rglob("*.py")}
+    anywhere = {name for name, text in sources.items()
+                if re.search(r"^\s*(import|from) torch", text, re.MULTILINE)}
+    top_level = {name for name, text in sources.items()
+                 if re.search(r"^(import|from) torch", text, re.MULTILINE)}
+    assert anywhere <= TORCH_IMPORTERS and top_level == {"learned.py"}

@@ -351,3 +351,70 @@ def test_download_offline_is_a_clear_error(tmp_path, isolated, monkeypatch):
     message = str(info.value)
     assert "offline" in message and all(m in message for m in dead)
     assert str(tmp_path / "home" / "mnist") in message
+
+
+# -- CIFAR-10 (JPEG files in one .npz, see datasets.load_cifar10) ------------------------------
+
+def test_real_cifar10():
+    root = _real_root("cifar10")
+    for split, n in (("train", 50_000), ("test", 10_000)):
+        X, y = datasets.load_cifar10(split, data_home=root)
+        assert X.shape == (n, 3, 32, 32) and X.dtype == np.float32 and X.flags.c_contiguous
+        assert y.shape == (n,) and y.dtype == np.int64
+        assert X.min() == 0.0 and X.max() == 1.0
+        assert np.bincount(y, minlength=10).tolist() == [n // 10] * 10
+    # decoded channel means of the train split (official: 0.4914, 0.4822, 0.4465)
+    means = datasets.load_cifar10("train")[0].mean(axis=(0, 2, 3))
+    assert np.allclose(means, [0.4914, 0.4822, 0.4465], atol=2e-3)
+
+
+def test_real_cifar10_close_to_lossless_subset():
+    """The JPEG images are in the original order: the first 4 000 are near their exact pixels."""
+    root = _real_root("cifar10")
+    lossless = root / datasets.CIFAR10_SUBDIR / datasets.CIFAR10_LOSSLESS_FILE
+    if not lossless.is_file():
+        pytest.skip(f"{lossless} not found")
+    with np.load(lossless) as stored:
+        exact = stored["images"].transpose(0, 3, 1, 2) / np.float32(255)
+        labels = stored["labels"]
+    X, y = datasets.load_cifar10("train", data_home=root)
+    assert np.array_equal(y[:4000], labels)
+    per_image = np.abs(X[:4000] - exact).mean(axis=(1, 2, 3))
+    assert per_image.mean() < 0.04 and per_image.max() < 0.15
+    # a shifted order would be far off
+    assert np.abs(X[1:4001] - exact).mean() > 0.15
+
+
+def test_real_cifar10_cached_reload_is_fast_and_independent():
+    root = _real_root("cifar10")
+    X, _ = datasets.load_cifar10("test", data_home=root)
+    X[:] = 0  # the returned arrays are copies: the cache is untouched
+    start = time.perf_counter()
+    again, y = datasets.load_cifar10("test", data_home=root)
+    assert time.perf_counter() - start < 1.0
+    assert again.max() == 1.0
+    y[:] = -1
+    assert datasets.load_cifar10("test", data_home=root)[1].min() == 0
+
+
+def test_cifar10_missing_message(tmp_path, isolated, monkeypatch):
+    monkeypatch.setenv("LUTENGINE_DATA", str(tmp_path / "env"))
+    assert datasets.find_dataset_dir("cifar10", tmp_path / "arg") is None
+    with pytest.raises(FileNotFoundError) as info:
+        datasets.load_cifar10("test", data_home=tmp_path / "arg")
+    message = str(info.value)
+    for place in (tmp_path / "arg", tmp_path / "env", tmp_path / "home" / ".cache" / "lutengine"):
+        assert str(place / "cifar10") in message
+    assert datasets.CIFAR10_FILE in message and "LUTENGINE_DATA" in message
+
+
+def test_cifar10_bad_split_and_checksum(tmp_path, isolated):
+    with pytest.raises(ValueError, match="split"):
+        datasets.load_cifar10("validation", data_home=tmp_path)
+    folder = tmp_path / "cifar10"
+    folder.mkdir()
+    np.savez(folder / datasets.CIFAR10_FILE, test_labels=np.zeros(3, np.uint8))
+    assert datasets.find_dataset_dir("cifar10", tmp_path) == folder
+    with pytest.raises(ValueError, match="SHA-256 mismatch") as info:
+        datasets.load_cifar10("test", data_home=tmp_path)
+    assert datasets.CIFAR10_FILE in str(info.value)

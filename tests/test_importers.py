@@ -1,5 +1,6 @@
-"""lutengine.nn.from_torch: PyTorch MLPs imported exactly (checked against torch on real
-images), and every op it cannot import rejected by name."""
+"""lutengine.nn.from_torch / from_onnx: PyTorch and ONNX models (MLPs and CNNs) imported
+exactly, checked against torch and onnxruntime on real images, and every op they cannot
+import rejected by name."""
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def test_sequential_with_flatten_and_dropout_is_reproduced(images):
     assert module.training  # the check ran in eval mode and restored the mode
     module.eval()
     expected = _torch_output(module, nchw)
-    np.testing.assert_allclose(net.decision_function(images[2]), expected, rtol=1e-4,
+    np.testing.assert_allclose(net.forward(nchw), expected, rtol=1e-4,
                                atol=1e-4 * np.abs(expected).max())
     assert [layer.W.shape for layer in net.layers] == [(784, 64), (64, 32), (32, 10)]
 
@@ -53,8 +54,7 @@ def test_functional_ops_and_softmax_heads(images, log):
     module = _Functional(log)
     net = nn.from_torch(module, images[2][:10])
     expected = _torch_output(module, images[2])
-    got = net.predict_proba(images[2])
-    np.testing.assert_allclose(np.log(got) if log else got, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(net.forward(images[2]), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(net.predict(images[2]), expected.argmax(1))
 
 
@@ -63,8 +63,11 @@ def test_imported_network_can_be_replaced_by_lookups(images):
     module = torch.nn.Sequential(torch.nn.Linear(784, 32), torch.nn.ReLU(),
                                  torch.nn.Linear(32, 10))
     net = nn.from_torch(module, images[0][:5])
-    replaced = nn.replace_layers(net, images[0], images[1], 4, progress=False)
+    labels = net.predict(images[0])  # agreement with the exact network on real images
+    replaced = nn.replace_layers(net, images[0], labels, 4, progress=False)
     assert all(isinstance(layer, LutMatmul) for layer in replaced.layers)
+    assert all(isinstance(layer, nn.Dense) for layer in net.layers)  # net is unchanged
+    assert replaced.score(images[0], labels) > 0.5
 
 
 class _Residual(torch.nn.Module):
@@ -83,21 +86,31 @@ class _Branch(_Residual):
 
 
 @pytest.mark.parametrize("module, match", [
-    (torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)), "'Conv2d' at node"),
     (torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Sigmoid(), torch.nn.Linear(4, 2)),
      "'Sigmoid' at node"),
-    (torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.BatchNorm1d(4)), "'BatchNorm1d'"),
-    (torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2)), "need a ReLU"),
-    (torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU()), "must end with a Linear"),
+    (torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.BatchNorm1d(4)),
+     "'BatchNorm' at node '_2': it must follow a Linear or Conv2d"),
     (torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Softmax(dim=0)), "dim=1"),
-    (torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Softmax(dim=1),
-                         torch.nn.Linear(4, 2)), "must be last"),
+    (torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Flatten(0)), "start_dim=1"),
     (_Residual(), "'add' at node"),
     (_Branch(), "chain"),
 ])
 def test_unsupported_ops_are_named(module, match):
     with pytest.raises(ValueError, match=match):
         nn.from_torch(module, np.zeros((2, 8), np.float32))
+
+
+@pytest.mark.parametrize("module, match", [
+    (torch.nn.Conv2d(1, 2, 3, groups=1, dilation=2), "dilation 1"),
+    (torch.nn.Conv2d(2, 2, 3, groups=2), "groups 1"),
+    (torch.nn.Conv2d(1, 2, 3, padding="same"), "numeric zero padding"),
+    (torch.nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), "zero padding"),
+    (torch.nn.MaxPool2d(2, ceil_mode=True), "ceil mode"),
+    (torch.nn.AvgPool2d(3, padding=1, count_include_pad=False), "padding left out"),
+])
+def test_unsupported_conv_and_pool_settings_are_named(module, match):
+    with pytest.raises(ValueError, match=match):
+        nn.from_torch(torch.nn.Sequential(module), np.zeros((2, 2, 8, 8), np.float32))
 
 
 def test_not_a_module():
@@ -161,13 +174,14 @@ def test_onnx_gemm_and_matmul_chains_match_onnxruntime(tmp_path, images):
     path = _onnx_model(tmp_path / "mlp.onnx", nodes, weights, 784, 10)
     net = nn.from_onnx(path)
     expected = _ort(path, images[2])
-    np.testing.assert_allclose(net.predict_proba(images[2]), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(net.forward(images[2]), expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(net.predict(images[2]), expected.argmax(1))
 
 
 @pytest.mark.parametrize("node, match", [
     (("Sigmoid", ["x"], ["y"], {}), "'Sigmoid' at node"),
-    (("Conv", ["x", "W"], ["y"], {}), "'Conv' at node"),
+    (("Conv", ["x", "W"], ["y"], {"group": 2}), "'Conv' at node 'the_node': group 1"),
+    (("MaxPool", ["x"], ["y"], {"kernel_shape": [2, 2], "pads": [0, 0, 1, 1]}), "symmetric"),
     (("Gemm", ["x", "W"], ["y"], {"transA": 1}), "transA"),
     (("Softmax", ["x"], ["y"], {"axis": 0}), "axis=1"),
 ])
@@ -179,3 +193,70 @@ def test_onnx_unsupported_ops_are_named(tmp_path, node, match):
     path = _onnx_model(tmp_path / "bad.onnx", nodes, {"W": np.ones((8, 8))}, 8, 8)
     with pytest.raises(ValueError, match=match):
         nn.from_onnx(path)
+
+
+# -- convolutional networks --------------------------------------------------------------
+
+def _cnn(gelu=False, log=True):
+    """A small CNN with every op kind a Network runs; BatchNorm statistics made nontrivial
+    so that folding them matters."""
+    torch.manual_seed(4)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 12, (3, 5), stride=(2, 1), padding=(1, 2), bias=False),
+        torch.nn.BatchNorm2d(12), torch.nn.GELU() if gelu else torch.nn.ReLU(),
+        torch.nn.AvgPool2d(3, stride=2, padding=1), torch.nn.Dropout(0.2),
+        torch.nn.Flatten(), torch.nn.Linear(12 * 4 * 7, 32), torch.nn.BatchNorm1d(32),
+        torch.nn.ReLU(), torch.nn.Linear(32, 10),
+        torch.nn.LogSoftmax(dim=1) if log else torch.nn.Identity())
+    with torch.no_grad():
+        for bn in (module[1], module[5], module[11]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    return module.eval()
+
+
+@pytest.mark.parametrize("gelu, log", [(False, True), (True, False)])
+def test_cnn_with_batchnorm_and_pooling_matches_torch(images, gelu, log):
+    module = _cnn(gelu, log)
+    nchw = images[2].reshape(-1, 1, 28, 28)
+    net = nn.from_torch(module, nchw[:8])
+    assert net.input_shape == (1, 28, 28)
+    assert [type(op).__name__ for op in net.ops][:4] == ["Conv2d", "ReLU", "MaxPool2d",
+                                                        "Conv2d"]  # BatchNorm folded
+    expected = _torch_output(module, nchw)
+    np.testing.assert_allclose(net.forward(nchw), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_array_equal(net.predict(nchw), expected.argmax(1))
+
+
+def test_cnn_exported_to_onnx_matches_onnxruntime(tmp_path, images):
+    pytest.importorskip("onnx")
+    module = _cnn()
+    nchw = images[2].reshape(-1, 1, 28, 28)
+    path = tmp_path / "cnn.onnx"
+    torch.onnx.export(module, (torch.from_numpy(nchw[:1]),), str(path), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    net = nn.from_onnx(path)
+    expected = _ort(path, nchw)
+    np.testing.assert_allclose(net.forward(nchw), expected, rtol=1e-4,
+                               atol=1e-4 * np.abs(expected).max())
+
+
+def test_cnn_layers_replaced_and_learned(images):
+    """Conv layers fitted on patches of real images: every layer becomes a LutMatmul, the
+    network keeps most of its agreement with the exact one, and learning keeps it."""
+    module = _cnn()
+    X = images[0][:600].reshape(-1, 1, 28, 28)
+    net = nn.from_torch(module, X[:8])
+    labels = net.predict(X)  # agreement with the exact network on real images
+    replaced = nn.replace_layers(net, X, labels, 8, progress=False)
+    assert all(isinstance(layer, LutMatmul) for layer in replaced.layers)
+    assert all(isinstance(layer, nn.Dense) for layer in net.layers)
+    assert replaced.score(X, labels) > 0.5
+    learned = nn.learn_luts(net, X, labels, 8, epochs=1, progress=False)
+    assert all(isinstance(layer, LutMatmul) for layer in learned.layers)
+    assert learned.score(X, labels) > 0.5

@@ -7,13 +7,16 @@ The choices common to every family are in :mod:`.choice`; one module per kernel 
 
 - :mod:`.lut`: lookup-table matmul (MADDNESS / PQ encoders, scans, tables, fit-time
   one-hot products and split search);
-- :mod:`.search`: maximum inner product search (top-k merges, H2-ALSH queries, fast scan).
+- :mod:`.search`: maximum inner product search (top-k merges, H2-ALSH queries, fast scan);
+- :mod:`.conv`: Conv2d patches (tree encoding read straight from the image, im2col);
+- :mod:`.fused`: the fused forward of a chain of quantised MADDNESS layers with ReLU
+  between them (``lutengine.runtime.FusedChain``).
 
 Each family has ``warmup(parallel)``, which compiles its serial (``parallel=False``) or
 parallel variants on tiny inputs (:mod:`lutengine._warmup`).
 """
 
-from . import lut, search
+from . import conv, fused, lut, search
 from .choice import use_simd
 
-__all__ = ["lut", "search", "use_simd"]
+__all__ = ["conv", "fused", "lut", "search", "use_simd"]

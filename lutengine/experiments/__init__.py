@@ -4,13 +4,14 @@
 module has ``NAME`` (the file stem of its results) and ``run(**options) -> dict``.
 """
 
-from . import (classifier_layer, itlumm_mnist, learned_mnist, mips_mnist, mips_speed,
-               quantization)
+from . import (cifar10_cnn, classifier_layer, itlumm_mnist, learned_mnist, mips_mnist,
+               mips_speed, mlp_runtime, quantization)
 from ._common import write_results
 
-REGISTRY = {"classifier-layer": classifier_layer, "itlumm-mnist": itlumm_mnist,
-            "learned-mnist": learned_mnist,
-            "mips-mnist": mips_mnist, "mips-speed": mips_speed, "quantization": quantization}
+REGISTRY = {"cifar10-cnn": cifar10_cnn, "classifier-layer": classifier_layer,
+            "itlumm-mnist": itlumm_mnist, "learned-mnist": learned_mnist,
+            "mips-mnist": mips_mnist, "mips-speed": mips_speed, "mlp-runtime": mlp_runtime,
+            "quantization": quantization}
 
-__all__ = ["REGISTRY", "write_results", "classifier_layer", "itlumm_mnist", "learned_mnist",
-           "mips_mnist", "mips_speed", "quantization"]
+__all__ = ["REGISTRY", "write_results", "cifar10_cnn", "classifier_layer", "itlumm_mnist",
+           "learned_mnist", "mips_mnist", "mips_speed", "mlp_runtime", "quantization"]
