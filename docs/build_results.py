@@ -161,18 +161,60 @@ def mips_speed(result):
                               f"{r['ms_per_query']:.3g}"] for r in result["rows"]])]
 
 
+def mlp_runtime(result):
+    check = result["onnx_check"]
+    return [f"Network {result['network']} (exact accuracy {result['exact_accuracy']:.4f}), "
+            f"imported from ONNX: largest difference from onnxruntime "
+            f"{check['max_relative_error']:.2g} of the output's scale over "
+            f"{check['rows']} test rows ({check['predictions_differing']} predictions differ). "
+            f"Speed: {result['timing']}.", "",
+            *REPORT.markdown_table(
+                ["method", "C", "accuracy", "kept", "throughput vs ORT", "batch-1 µs",
+                 "latency / ORT"],
+                [[r["method"], _label(r["ncodebooks"]), f"{r['accuracy']:.4f}",
+                  f"{r['relative_accuracy']:.3f}", f"{r['speedup_vs_ort']:.2f}×",
+                  f"{r['batch1_us']:.0f}", f"{r['latency_vs_ort']:.2f}"]
+                 for r in result["rows"]]),
+            "", f"Targets: kept ≥ {result['targets']['relative_accuracy']}, throughput ≥ "
+                f"{result['targets']['speedup_vs_ort']}× ORT's, batch-1 latency ≤ "
+                f"{result['targets']['latency_vs_ort']}× ORT's."]
+
+
+def cifar10_cnn(result):
+    ort = next(r for r in result["rows"] if r["method"] == "onnxruntime")
+    check = result["import_check"]
+    return [f"CNN {result['architecture']['name']} "
+            f"(channels {result['architecture']['channels']}, hidden "
+            f"{result['architecture']['hidden']}), trained {result['training']['epochs']} "
+            f"epochs: torch test accuracy {result['torch_accuracy']:.4f}; imported "
+            f"(BatchNorm folded) {result['exact_accuracy']:.4f}, largest difference from the "
+            f"module's outputs {check['max_abs_diff_vs_torch']:.2g} "
+            f"({check['predictions_differing']} predictions differ). Codebooks per layer: "
+            f"min(C, the layer's input features). Speed: {result['timing']}.", "",
+            *REPORT.markdown_table(
+                ["method", "C", "accuracy", "kept", "images/s", "throughput vs ORT",
+                 "batch-1 ms", "latency / ORT"],
+                [[r["method"], _label(r["ncodebooks"]), f"{r['accuracy']:.4f}",
+                  f"{r['relative_accuracy']:.3f}", f"{r['images_per_second']:.0f}",
+                  f"{r['speedup_vs_ort']:.2f}×", f"{r['batch1_ms']:.3f}",
+                  f"{r['batch1_ms'] / ort['batch1_ms']:.2f}"] for r in result["rows"]])]
+
+
 #: experiment NAME -> (section title, renderer), in page order
 EXPERIMENTS = {
     "classifier_layer": ("Classifier layer (MADDNESS's softmax experiment)", classifier_layer),
     "itlumm_mnist": ("Every layer replaced (ITLUMM's MNIST table)", itlumm_mnist),
     "learned_mnist": ("Learned lookup-table networks", learned_mnist),
+    "mlp_runtime": ("A whole MLP against ONNX Runtime", mlp_runtime),
+    "cifar10_cnn": ("A CIFAR-10 CNN on lookup tables", cifar10_cnn),
     "quantization": ("int8 tables on heavy-tailed outputs", quantization),
     "mips_mnist": ("Top-k sparse activation (the MIPS paper's Table 1)", mips_mnist),
     "mips_speed": ("MIPS recall against speed", mips_speed),
 }
 #: benchmark JSON stem -> section title
 BENCHMARKS = {"speed_matmul": "Speed against BLAS", "speed_mips": "MIPS search speed",
-              "speed_dask": "predict through Dask"}
+              "speed_dask": "predict through Dask",
+              "speed_network": "Whole networks against ONNX Runtime and PyTorch"}
 FIRST_RUN_TITLE = "First run"
 
 
