@@ -151,8 +151,8 @@ def build_parser():
                           "activations); learned-mnist: 784x30x30x30x10, 784x256x256x10")
     rep.add_argument("--l1", type=float, help="mips-mnist: L1 strength of the sparse network")
     rep.add_argument("--epochs", type=_positive_int,
-                     help="mips-mnist, itlumm-mnist: training epochs; learned-mnist: epochs "
-                          "of learn_luts")
+                     help="mips-mnist, itlumm-mnist, cifar10-cnn: training epochs of the "
+                          "network; learned-mnist, mlp-runtime: epochs of learn_luts")
     rep.add_argument("--methods", nargs="+", metavar="METHOD")
     rep.add_argument("--hidden", type=_positive_int, metavar="UNITS",
                      help="classifier-layer, mips-mnist: hidden units")

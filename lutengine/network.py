@@ -32,10 +32,12 @@ FORWARD_CHUNK_IMAGES = 256
 
 
 def _n_inputs(layer):
+    """Input width of a Dense (its W) or a fitted estimator."""
     return layer.W.shape[0] if hasattr(layer, "W") else layer.n_features_in_
 
 
 def _n_outputs(layer):
+    """Output width of a Dense (its W) or a fitted estimator."""
     return layer.W.shape[1] if hasattr(layer, "W") else layer.n_outputs_
 
 
@@ -313,8 +315,10 @@ class Network:
         return X
 
     def _plan(self):
-        """The forward as segments ``(start, stop, fused)``: ``fused`` is a FusedChain for a
-        run Linear(LUT) (ReLU Linear(LUT))+ and None for ops run one by one."""
+        """The forward as segments ``(start, stop, runner)``: ``runner`` computes
+        ops[start:stop] at once — a FusedChain for a run Linear(LUT) (ReLU Linear(LUT))+, the
+        pool then the ReLU for ReLU MaxPool2d (max and ReLU commute exactly, and the ReLU
+        then touches a quarter of the values) — or is None for one op run alone."""
         if self._segments is None:
             segments, i = [], 0
             while i < len(self.ops):
@@ -323,11 +327,15 @@ class Network:
                         and isinstance(self.ops[stop + 1], ReLU) \
                         and _lut_linear(self.ops[stop + 2]):
                     stop += 2
-                fused = None
+                runner = None
                 if stop > i:
                     from .runtime import FusedChain
-                    fused = FusedChain([op.layer for op in self.ops[i:stop + 1:2]])
-                segments.append((i, stop + 1, fused))
+                    runner = FusedChain([op.layer for op in self.ops[i:stop + 1:2]]).forward
+                elif isinstance(self.ops[i], ReLU) and i + 1 < len(self.ops) \
+                        and isinstance(self.ops[i + 1], MaxPool2d):
+                    relu, pool = self.ops[i:i + 2]
+                    stop, runner = i + 1, lambda H, relu=relu, pool=pool: relu(pool(H))
+                segments.append((i, stop + 1, runner))
                 i = stop + 1
             self._segments = segments
         return self._segments
@@ -335,11 +343,11 @@ class Network:
     def run(self, H, start=0, stop=None):
         """``H`` (what ops[start] receives) through ops[start:stop], without validation."""
         stop = len(self.ops) if stop is None else stop
-        for first, last, fused in self._plan():
+        for first, last, runner in self._plan():
             if last <= start or first >= stop:
                 continue
-            if fused is not None and first >= start and last <= stop:
-                H = fused.forward(H)
+            if runner is not None and first >= start and last <= stop:
+                H = runner(H)
             else:
                 for op in self.ops[max(first, start):min(last, stop)]:
                     H = op(H)

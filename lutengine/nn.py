@@ -7,6 +7,10 @@ ITLUMM (McCarter & Dronen 2022, §2.3): from the input to the output, each layer
 on the activations it really receives from the layers already replaced, frozen, and the
 exact layers after it are fine-tuned.
 
+:class:`Network` (:mod:`lutengine.network`) is the general sequence of ops that
+:func:`from_torch` / :func:`from_onnx` import (convolutions, pooling, GELU…);
+:func:`replace_layers` and :func:`learn_luts` take either kind of network.
+
 Training is a small float32 NumPy Adam loop (Kingma & Ba 2015) on the softmax
 cross-entropy, with two optional ways to concentrate the hidden activations (the MIPS
 experiment needs them): an L1 penalty on them, and k-winners-take-all.
@@ -21,8 +25,9 @@ from tqdm import tqdm
 
 from ._validation import as_float_matrix, as_float_vector, check_int, check_n_features
 from .matmul import LutMatmul
-from .network import (AvgPool2d, Conv2d, Flatten, GELU, Linear, LogSoftmax, MaxPool2d, Network,
-                      ReLU, Softmax)
+# Network and its ops are part of this module's API (nn.Network, nn.Conv2d, …)
+from .network import (AvgPool2d, Conv2d, Flatten, GELU, Linear, LogSoftmax,  # noqa: F401
+                      MaxPool2d, Network, ReLU, Softmax, _n_inputs, _n_outputs)
 
 #: Adam's constants (the paper's defaults)
 ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
@@ -147,14 +152,6 @@ class MLP:
 
     def __repr__(self):
         return f"MLP({self.layers!r})"
-
-
-def _n_inputs(layer):
-    return layer.W.shape[0] if isinstance(layer, Dense) else layer.n_features_in_
-
-
-def _n_outputs(layer):
-    return layer.W.shape[1] if isinstance(layer, Dense) else layer.n_outputs_
 
 
 def _labels(y, n):

@@ -16,7 +16,7 @@ from lutengine.experiments import REGISTRY, cifar10_cnn  # noqa: E402
 #: run() options the command line cannot set, for a run of seconds
 TINY = {"architecture": "tiny", "max_test": 200, "fit_rows": 300, "learned_ncodebooks": None,
         "lut_rows": 300, "lut_epochs": 1, "lut_calibration_rows": 100, "timing_rows": 32,
-        "timing_repeats": 1, "batch1_calls": 3}
+        "timing_repeats": 1, "batch1_calls": 3, "ablation_ncodebooks": 8}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,11 @@ def test_schema(result):
         assert row["batch1_ms"] > 0
         assert (row["build_seconds"] is None) == (row["ncodebooks"] is None)
     assert result["rows"][0]["speedup_vs_ort"] == 1.0
+    assert [(r["layer"], r["layer_inputs"], r["ncodebooks"]) for r in result["ablation"]] == [
+        (0, 27, 8), (1, 36, 8), (2, 512, 8), (3, 16, 8)]
+    for row in result["ablation"]:
+        assert row["relative_accuracy"] == pytest.approx(row["accuracy"]
+                                                         / result["torch_accuracy"])
 
 
 def test_exact_import_matches_torch(result):

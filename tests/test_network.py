@@ -146,3 +146,17 @@ def test_replace_layers_on_a_cnn_validates_its_inputs(digits):
         nn.replace_layers(net, digits[0], digits[1] % 3, 4, layers=[2], progress=False)
     with pytest.raises(ValueError, match="ncodebooks"):
         nn.replace_layers(net, digits[0], digits[1] % 3, 10, progress=False)
+
+
+def test_relu_then_maxpool_runs_pool_first_with_the_same_bits(digits):
+    """ReLU and max commute exactly: the plan pools first (ReLU on a quarter of the values),
+    and the forward equals the ops run one by one."""
+    net = _conv_net()
+    assert [(first, last, runner is not None) for first, last, runner in net._plan()] == [
+        (0, 1, False), (1, 3, True), (3, 4, False), (4, 5, False)]
+    H = digits[0][:50].astype(np.float32)
+    for op in net.ops:
+        H = op(H)
+    np.testing.assert_array_equal(net.forward(digits[0][:50]), H)
+    np.testing.assert_array_equal(net.inputs_of(digits[0][:50], 2),
+                                  nw.ReLU()(net.ops[0](digits[0][:50].astype(np.float32))))

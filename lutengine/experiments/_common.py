@@ -168,7 +168,9 @@ _LABELS = {"ncodebooks": "codebooks C", "relative_accuracy": "accuracy / exact a
            "speedup_vs_blas": "speed-up over BLAS (1 thread)",
            "speedup_vs_brute": "speed-up over brute force (BLAS + argpartition, 1 thread)",
            "recall_at_k": "recall@k",
-           "speedup_vs_exact": "speed-up of the whole forward over the exact one (1 thread)"}
+           "speedup_vs_exact": "speed-up of the whole forward over the exact one (1 thread)",
+           "speedup_vs_ort": "throughput over ONNX Runtime's (1 thread)",
+           "batch1_us": "batch-1 latency (µs, 1 thread)", "batch1_ms": "batch-1 latency (ms, 1 thread)"}
 
 #: fields naming the line a row belongs to in a plot, in label order
 _SERIES_FIELDS = ("network", "norms", "layer", "method", "ncodebooks", "finetune")

@@ -61,12 +61,14 @@ FIT_ROWS = 5_000
 
 #: learn_luts on a CNN is slow (on 2 cores, with 5 000 images and its default 20 000
 #: calibration images: 8 minutes converting the five layers, then 5 minutes per epoch), so it
-#: runs at these C only, on LUT_ROWS training images, for LUT_EPOCHS epochs, each layer
-#: fitted on (and its spreads measured on) patches of LUT_CALIBRATION_ROWS images
-LEARNED_NCODEBOOKS = (32,)
+#: runs at these C (None: every C), on LUT_ROWS training images, for LUT_EPOCHS epochs, each
+#: layer fitted on (and its spreads measured on) patches of LUT_CALIBRATION_ROWS images
+LEARNED_NCODEBOOKS = None
 LUT_ROWS = 2_000
 LUT_EPOCHS = 1
 LUT_CALIBRATION_ROWS = 1_000
+#: C of the layer ablation: replace_layers on one weight layer at a time, the others exact
+ABLATION_NCODEBOOKS = 32
 
 #: test images in the timed batch, timed calls per side, single-image calls
 TIMING_ROWS = 10_000
@@ -229,7 +231,7 @@ def run(ncodebooks=NCODEBOOKS, epochs=EPOCHS, methods=("replace_layers", "learne
         architecture="small", fit_rows=FIT_ROWS, learned_ncodebooks=LEARNED_NCODEBOOKS,
         lut_rows=LUT_ROWS, lut_epochs=LUT_EPOCHS, lut_calibration_rows=LUT_CALIBRATION_ROWS,
         timing_rows=TIMING_ROWS, timing_repeats=TIMING_REPEATS, batch1_calls=BATCH1_CALLS,
-        max_train=None, max_test=None, random_state=0, progress=True, data_home=None):
+        ablation_ncodebooks=ABLATION_NCODEBOOKS, max_train=None, max_test=None, random_state=0, progress=True, data_home=None):
     """Train the CNN, import it, replace its layers at each C, measure accuracy and speed.
 
     Parameters
@@ -251,6 +253,9 @@ def run(ncodebooks=NCODEBOOKS, epochs=EPOCHS, methods=("replace_layers", "learne
         Epochs of :func:`lutengine.nn.learn_luts` and its ``calibration_rows`` setting.
     timing_rows, timing_repeats, batch1_calls : int
         Test images in the timed batch, timed calls per side (best kept), single-image calls.
+    ablation_ncodebooks : int, optional
+        C of the ``ablation`` rows: each weight layer replaced alone (the others exact), to
+        show where the accuracy goes; None skips them.
     max_train, max_test : int, optional
         Use the first rows of each split only.
     random_state : int
@@ -352,6 +357,14 @@ def run(ncodebooks=NCODEBOOKS, epochs=EPOCHS, methods=("replace_layers", "learne
             with torch_threads(1):
                 rows.append(timed(method, C, replaced.score(Xte, yte), replaced.forward,
                                   seconds))
+    ablation = []
+    for i, D in enumerate(inputs if ablation_ncodebooks else []):
+        alone = nn.replace_layers(net, X_fit, y_fit, min(ablation_ncodebooks, D), layers=[i],
+                                  random_state=random_state, progress=False)
+        accuracy = alone.score(Xte, yte)
+        ablation.append({"layer": i, "layer_inputs": D,
+                         "ncodebooks": min(ablation_ncodebooks, D), "accuracy": accuracy,
+                         "relative_accuracy": accuracy / torch_accuracy})
     return {
         "dataset": "cifar10",
         "n_train": int(len(Xtr)),
@@ -389,4 +402,5 @@ def run(ncodebooks=NCODEBOOKS, epochs=EPOCHS, methods=("replace_layers", "learne
         "machine": {**_common.machine_info(), "torch": torch.__version__,
                     "onnxruntime": onnxruntime.__version__},
         "rows": rows,
+        "ablation": ablation,
     }
