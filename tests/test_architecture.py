@@ -191,9 +191,10 @@ print(sorted(name for name in sys.modules if name.split(".")[0] == "torch"))
 """
 
 #: the modules that may import torch, inside functions only (importers, experiments that
-#: train or time a PyTorch model); learned.py is the one that imports it at the top and is
+#: train or time a PyTorch model, and their shared torch_threads); learned.py is the one that imports it at the top and is
 #: itself imported only by nn.learn_luts
-TORCH_IMPORTERS = {"importers.py", "learned.py", "cifar10_cnn.py", "mlp_runtime.py"}
+TORCH_IMPORTERS = {"importers.py", "learned.py", "cifar10_cnn.py", "mlp_runtime.py",
+                   "_common.py"}
 
 
 def test_inference_never_imports_torch():

@@ -97,6 +97,20 @@ def single_thread():
         numba.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def torch_threads(n):
+    """Run PyTorch's intra-op pool on ``n`` threads (PyTorch imported here, when called);
+    restore the previous count after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 #: timed calls per side in :func:`time_vs_blas`
 TIMING_REPEATS = 7
 

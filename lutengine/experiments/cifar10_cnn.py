@@ -22,7 +22,6 @@ PyTorch and onnxruntime are imported only when :func:`run` runs (``lutengine[tra
 onnxruntime, in the ``test`` extra); the networks it builds run without them.
 """
 
-import contextlib
 import math
 import tempfile
 import time
@@ -105,19 +104,6 @@ def layer_inputs(model):
             else m.in_features for m in model.modules() if type(m).__name__ in _WEIGHT_LAYERS]
 
 
-@contextlib.contextmanager
-def torch_threads(n):
-    """Run PyTorch's intra-op pool on ``n`` threads; restore the previous count after."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def augment(X, rng, padding=4, flip=True):
     """Random crops of the zero-padded images (offsets uniform in 0..2·padding) and, with
     ``flip``, horizontal flips of half of them (on average), as a new float32 array."""
@@ -166,7 +152,7 @@ def train_cnn(model, X, y, epochs, X_test=None, y_test=None, random_state=0, set
                                                    pct_start=s["pct_start"])
     labels = torch.from_numpy(np.asarray(y, dtype=np.int64))
     log = {"epoch_seconds": [], "epoch_loss": [], "epoch_test_accuracy": []}
-    with torch_threads(s["threads"]):
+    with _common.torch_threads(s["threads"]):
         for epoch in range(epochs):
             model.train()
             order = rng.permutation(len(X))
@@ -330,7 +316,7 @@ def run(ncodebooks=NCODEBOOKS, epochs=EPOCHS, methods=("replace_layers", "learne
                 "forward_ms": times["ms"], "ort_ms": times["reference_ms"],
                 "build_seconds": build_seconds}
 
-    with torch_threads(1):
+    with _common.torch_threads(1):
         rows = [timed("onnxruntime", None, _common.accuracy(ort_forward(Xte), yte), ort_forward,
                       None),
                 timed("torch", None, torch_accuracy, torch_forward, None),
@@ -354,7 +340,7 @@ def run(ncodebooks=NCODEBOOKS, epochs=EPOCHS, methods=("replace_layers", "learne
                                          settings={"calibration_rows": lut_calibration_rows},
                                          random_state=random_state, progress=progress)
             seconds = time.perf_counter() - start
-            with torch_threads(1):
+            with _common.torch_threads(1):
                 rows.append(timed(method, C, replaced.score(Xte, yte), replaced.forward,
                                   seconds))
     ablation = []

@@ -129,19 +129,6 @@ def torch_mlp(layers, softmax=True):
     return torch.nn.Sequential(*modules).eval()
 
 
-@contextlib.contextmanager
-def torch_threads(n):
-    """PyTorch's intra-op pool on ``n`` threads; the previous count restored after."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 # -- timing ------------------------------------------------------------------------------
 
 def batch1_pair(fn, reference, X, calls):
@@ -264,7 +251,7 @@ def run(dataset="mnist", ncodebooks=NCODEBOOKS, epochs=None, seeds=1, max_train=
             return model(torch.from_numpy(X)).numpy()
 
     ort_out, net_out = ort_forward(Xte), net.forward(Xte)
-    with torch_threads(1):
+    with _common.torch_threads(1):
         torch_out = torch_forward(Xte)
     error = _max_relative_error(net_out, ort_out)
     onnx_check = {
@@ -300,7 +287,7 @@ def run(dataset="mnist", ncodebooks=NCODEBOOKS, epochs=None, seeds=1, max_train=
                 "forward_ms": float(times["ms"]), "ort_ms": float(times["reference_ms"]),
                 "ort_batch1_us": float(ort_batch1), "fused": fused, "build_seconds": build_seconds}
 
-    with torch_threads(1):
+    with _common.torch_threads(1):
         rows = [timed("onnxruntime", None, [_common.accuracy(ort_out, yte)], ort_forward,
                       None, None),
                 timed("torch", None, [_common.accuracy(torch_out, yte)], torch_forward, None,
@@ -320,7 +307,7 @@ def run(dataset="mnist", ncodebooks=NCODEBOOKS, epochs=None, seeds=1, max_train=
                     converted.append(nn.replace_layers(net, Xtr, ytr, C, random_state=seed,
                                                        progress=False))
                 seconds.append(time.perf_counter() - start)
-            with torch_threads(1):
+            with _common.torch_threads(1):
                 rows.append(timed(method, C, [c.score(Xte, yte) for c in converted],
                                   converted[0].forward, _is_fused(converted[0]),
                                   float(np.mean(seconds))))
