@@ -266,6 +266,15 @@ def layers_and_codebooks(net, layers, ncodebooks):
     return targets, [int(C) for C in np.broadcast_to(counts, (len(targets),))]
 
 
+def _replacement_targets(net, layers, ncodebooks):
+    """:func:`layers_and_codebooks`, checking that the layers to replace and every layer
+    after them are Dense (what replace_layers fits and fine-tunes)."""
+    targets, counts = layers_and_codebooks(net, layers, ncodebooks)
+    if any(not isinstance(layer, Dense) for layer in net.layers[targets[0]:]):
+        raise ValueError("the layers to replace and every layer after them must be Dense")
+    return targets, counts
+
+
 def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="contiguous",
                    lut_objective="ridge", finetune=True, finetune_settings=None,
                    random_state=0, progress=True):
@@ -304,9 +313,7 @@ def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="co
     X = as_float_matrix(X_train, "X_train")
     check_n_features(X, "X_train", _n_inputs(net.layers[0]))
     y = _class_indices(net.classes, y_train, len(X))
-    targets, counts = layers_and_codebooks(net, layers, ncodebooks)
-    if any(not isinstance(layer, Dense) for layer in net.layers[targets[0]:]):
-        raise ValueError("the layers to replace and every layer after them must be Dense")
+    targets, counts = _replacement_targets(net, layers, ncodebooks)
     settings = {**FINETUNE, **(finetune_settings or {})}
     rng = np.random.default_rng(random_state)
     H, fed = X, 0  # H is what layer ``fed`` receives, carried forward layer by layer
@@ -391,9 +398,7 @@ def _replace_network_layers(net, X_train, y_train, ncodebooks, layers, partition
     net = copy.deepcopy(net)
     X = net._validated(X_train)
     y = _class_indices(net.classes, y_train, len(X))
-    targets, counts = layers_and_codebooks(net, layers, ncodebooks)
-    if any(not isinstance(layer, Dense) for layer in net.layers[targets[0]:]):
-        raise ValueError("the layers to replace and every layer after them must be Dense")
+    targets, counts = _replacement_targets(net, layers, ncodebooks)
     settings = {**FINETUNE, **(finetune_settings or {})}
     rng = np.random.default_rng(random_state)
     for i, C in zip(tqdm(targets, desc="replace layers", disable=not progress), counts):
