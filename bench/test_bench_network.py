@@ -138,8 +138,7 @@ def mlp_model(tmp_path_factory):
     with threadpool_limits(limits=1):
         mlp = nn.MLP.train(Xtr[:MLP_TRAINING["rows"]], ytr[:MLP_TRAINING["rows"]],
                            list(MLP_HIDDEN), epochs=MLP_TRAINING["epochs"], progress=False)
-        exact = mlp.to_network()
-        luts = {f"lutengine-lut-C{C}": nn.replace_layers(exact, Xtr[:MLP_FIT_ROWS],
+        luts = {f"lutengine-lut-C{C}": nn.replace_layers(mlp, Xtr[:MLP_FIT_ROWS],
                                                          ytr[:MLP_FIT_ROWS], C, finetune=False,
                                                          progress=False)
                 for C in MLP_NCODEBOOKS}
@@ -150,7 +149,7 @@ def mlp_model(tmp_path_factory):
                 "torch": _torch_forward(mlp_runtime.torch_mlp(mlp.layers)),
                 "lutengine-exact": nn.from_onnx(path).forward,
                 **{impl: net.forward for impl, net in luts.items()}}
-    model = Model("mlp", X, forwards, luts, mlp.predict_proba(X))
+    model = Model("mlp", X, forwards, luts, mlp.forward(X))
     exact_predictions = np.argmax(model.exact_reference, axis=1)
     for C in MLP_NCODEBOOKS:
         impl = f"lutengine-lut-C{C}"

@@ -1,5 +1,6 @@
 """Write docs/results.md, README.md's headline and first-run blocks, the QALSH parameter
-table of docs/algorithms.md and the compile-time table of docs/architecture.md.
+table of docs/algorithms.md, the compile-time table of docs/architecture.md and the op list
+docs/ops.md (from the op table, lutengine/ops.py).
 
     python docs/build_results.py
 
@@ -15,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from lutengine import h2alsh
+from lutengine import h2alsh, ops
 from lutengine.experiments._common import provenance_line
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -385,8 +386,35 @@ def between_markers(text, markers, lines):
     return "\n".join([text[:begin] + markers[0], *lines, text[end:]])
 
 
+def ops_page():
+    """docs/ops.md: the op table, as lutengine.ops declares it."""
+    return "\n".join([
+        "# Ops",
+        "",
+        "Written by `python docs/build_results.py` from the op table (`lutengine/ops.py`), the "
+        "one list the network, the importers and the training modules read.",
+        "",
+        "A network (`lutengine.nn.Network`) is a graph of these ops. `nn.from_torch` maps the "
+        "PyTorch modules and functions of each row (traced by `torch.fx`), `nn.from_onnx` the "
+        "ONNX ops; anything else is refused by name and node. Identity / Dropout are removed "
+        "at import, and a BatchNorm or a constant Add right after an exact Linear / Conv2d "
+        "that feeds only it is folded into that layer. Axis 0 of every value is the batch; "
+        "shapes below are per example.",
+        "",
+        ops.table_markdown(),
+        "\"Lookup-table form\": a product with fixed weights that `nn.replace_layers` and "
+        "`nn.learn_luts` turn into MADDNESS tables (hash-tree codes and int8 tables; a Conv2d "
+        "encodes its patches straight from the image). Every other op runs exactly, in NumPy. "
+        "Limits today: Conv2d with groups 1 and dilation 1 (grouped and depthwise "
+        "convolutions are refused), pools in floor mode with padding counted in averages, "
+        "symmetric padding, Softmax over the last axis, Add / Mul of two values of one rank "
+        "or of a value and a constant, Embedding of a table by int64 ids.",
+        ""])
+
+
 def build():
-    """{path: new text} of docs/results.md, README.md and docs/algorithms.md."""
+    """{path: new text} of docs/results.md, README.md, docs/algorithms.md,
+    docs/architecture.md and docs/ops.md."""
     results = load_results()
     readme, algorithms = ROOT / "README.md", ROOT / "docs" / "algorithms.md"
     architecture = ROOT / "docs" / "architecture.md"
@@ -397,7 +425,8 @@ def build():
             readme: between_markers(readme_text, FIRST_RUN_MARKERS, first_run_block(results)),
             algorithms: between_markers(algorithms.read_text(), QALSH_MARKERS, qalsh_table()),
             architecture: between_markers(architecture.read_text(), COMPILE_MARKERS,
-                                          compile_lines)}
+                                          compile_lines),
+            ROOT / "docs" / "ops.md": ops_page()}
 
 
 def main():

@@ -225,3 +225,15 @@ def check_array(value, name, dtype, shape):
     if not value.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
     return value
+
+
+def check_limit(value, limit, what):
+    """``value`` (a count of bytes or elements a file or model declares) within
+    ``lutengine.config.<limit>``, checked before anything of that size is allocated."""
+    from . import config
+
+    bound = getattr(config, limit)
+    if value > bound:
+        raise ValueError(f"{what} is {value}, above lutengine.config.{limit} = {bound}; for "
+                         f"a model you trust, raise it: lutengine.config.{limit} = {value}")
+    return value

@@ -45,3 +45,29 @@ CUDA_ROWS_PER_BLOCK = 64
 CUDA_SCAN_SHARED_BYTES = 32768
 #: CUDA H2-ALSH: at most this many query threads (each holds scratch sized to a ring)
 CUDA_MAX_QUERY_THREADS = 4096
+
+# -- limits on what a file or a model may declare, checked before anything is allocated ------
+# (lutengine.load, Network construction, nn.from_onnx, nn.from_torch). A file that exceeds
+# one is rejected with a ValueError naming the limit; raise it here for a file you trust,
+# e.g. ``lutengine.config.MAX_ARRAY_BYTES = 8 << 30``.
+
+#: bytes of any one array a file declares: an .npz member, an ONNX initializer or
+#: external-data tensor
+MAX_ARRAY_BYTES = 1 << 30
+#: bytes of all the arrays of one file together (and of an ONNX file itself)
+MAX_FILE_BYTES = 1 << 32
+#: arrays (members) of one .npz model file
+MAX_FILE_MEMBERS = 10_000
+#: bytes of a model file's JSON header
+MAX_HEADER_BYTES = 1 << 20
+#: nodes of one Network (or ONNX graph)
+MAX_NODES = 10_000
+#: elements of any value a Network holds for one example (each input, each node's output,
+#: a convolution's patches), and of one value over the whole batch of an import check
+MAX_VALUE_ELEMENTS = 1 << 24
+#: kernel size, stride, padding and dilation of a convolution or pooling window, per axis
+MAX_WINDOW = 1 << 10
+
+#: elements a Network's forward holds per chunk of examples (for the largest value of one
+#: example: the batch goes through in chunks of FORWARD_CHUNK_ELEMENTS // that many rows)
+FORWARD_CHUNK_ELEMENTS = 1 << 23

@@ -29,6 +29,7 @@ from ._validation import (
 )
 from .matmul import LutMatmul, PQMatmul
 from .mips import METHODS, MipsIndex, _sorted_best_first
+from .network import Network
 from .sparse import TopKLinear
 
 __all__ = ["predict_dask", "ShardedMipsIndex", "set_worker_threads"]
@@ -110,7 +111,14 @@ def _widths(estimator):
         return estimator.W.shape[1], estimator.W.shape[0]
     if isinstance(estimator, (LutMatmul, PQMatmul)):
         return estimator.n_features_in_, estimator.n_outputs_  # NotFittedError if not fitted
-    raise TypeError(f"estimator must be a fitted LutMatmul, PQMatmul or TopKLinear, "
+    if isinstance(estimator, Network):
+        inputs, output = list(estimator.inputs.values()), estimator.shapes[estimator.output]
+        if len(inputs) != 1 or len(inputs[0].shape) != 1 or inputs[0].dtype != "float32" \
+                or len(output) != 1:
+            raise TypeError("a Network for predict_dask must map (n, features) float32 rows to "
+                            f"(n, outputs), got inputs {estimator.inputs} and output {output}")
+        return inputs[0].shape[0], output[0]
+    raise TypeError(f"estimator must be a fitted LutMatmul, PQMatmul, TopKLinear or a Network, "
                     f"got {type(estimator).__name__}")
 
 
@@ -118,15 +126,18 @@ def _predict_chunk(chunk, estimator, n_outputs):
     _pin_numba()
     if chunk.shape[0] == 0:
         return np.empty((0, n_outputs), dtype=np.float32)
+    if isinstance(estimator, Network):
+        return estimator.forward(chunk)
     return estimator(chunk) if isinstance(estimator, TopKLinear) else estimator.predict(chunk)
 
 
 def predict_dask(estimator, A, client=None):
-    """``estimator.predict(A)`` (LutMatmul, PQMatmul) or ``estimator(A)`` (TopKLinear) for
-    a dask array ``A`` (n, D) with its rows chunked and its columns in one chunk: a lazy
-    float32 dask array (n, M) with A's row chunks, equal bit for bit to the local call
-    (TopKLinear: unless two rows tie within float32 rounding for the k-th place, as BLAS
-    may round a chunk's scores differently from the whole's).
+    """``estimator.predict(A)`` (LutMatmul, PQMatmul), ``estimator(A)`` (TopKLinear) or
+    ``estimator.forward(A)`` (a Network of (n, D) rows to (n, M) outputs) for a dask array
+    ``A`` (n, D) with its rows chunked and its columns in one chunk: a lazy float32 dask array
+    (n, M) with A's row chunks, equal bit for bit to the local call (TopKLinear: unless two
+    rows tie within float32 rounding for the k-th place, and a Network's exact layers: within
+    float32 rounding, as BLAS may round a chunk's product differently from the whole's).
 
     The estimator is sent to each worker once: scattered to every worker of ``client``
     (default: the current client), and the result must be computed on that client. With no

@@ -1,13 +1,20 @@
 """Learned lookup-table layers: MADDNESS trees and tables trained end to end (PyTorch).
 
 ITLUMM (McCarter & Dronen 2022, §4) ends on the fixed 4-comparison hash as the accuracy
-bottleneck and proposes a differentiable hash. Here every replaced layer of an
-:class:`~lutengine.nn.MLP` becomes a :class:`LearnedLut` initialised from a fitted
+bottleneck and proposes a differentiable hash. Here every replaced layer of a
+:class:`~lutengine.network.Network` becomes a :class:`LearnedLut` initialised from a fitted
 :class:`~lutengine.LutMatmul` (MADDNESS, Blalock & Guttag 2021, §4), and the whole
 network is trained on the task loss, optionally distilled from the exact network
 (Hinton et al. 2015). Training needs the ``train`` extra (torch); the result is exported
 to hard :class:`~lutengine.LutMatmul` layers that run on the Numba kernels, so inference
 never imports torch.
+
+The network trains as :class:`GraphModel`: each weight layer a product module (rows →
+rows), :class:`Affine` for an exact layer (trained or frozen), :class:`LearnedLut` for a
+lookup table; the nodes after a product that trains run in torch, each op by its
+``torch_forward`` (the op table, :mod:`lutengine.ops`), and read the rest of the network
+from its own forward (the deployed kernels). :func:`finetune` trains the exact layers after a replaced one
+(:func:`lutengine.nn.replace_layers`, ITLUMM §2.3) with the same model and loop.
 
 The forward pass is the deployed computation: codes by tree traversal (``x > θ`` goes
 right, as :mod:`kernels.encode`), int8 tables exactly as :func:`kernels.lut.quantize_luts`
@@ -30,10 +37,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import _dispatch
+from . import _dispatch, ops
 from .matmul import LutMatmul
-from . import network as nw
-from .nn import FIT_ROWS, Dense, _class_indices, layers_and_codebooks
+from .nn import FIT_ROWS, _labelled, layers_and_codebooks, sampled_rows
 from ._validation import check_choice, check_int
 
 #: training defaults (Adam, cosine decay, straight-through soft trees)
@@ -118,16 +124,20 @@ class _StraightThrough(torch.autograd.Function):
 class LearnedLut(torch.nn.Module):
     """A :class:`~lutengine.LutMatmul` in training: learned thresholds, tables and bias
     over frozen split columns, initialised from ``fitted`` and calibrated on ``A`` (the
-    rows the layer receives)."""
+    rows the layer receives). Without ``A`` the layer is frozen: its deployed forward,
+    no soft tree, no gradient to its input (a fitted layer before the layers fine-tuned)."""
 
-    def __init__(self, fitted, A, learn_thresholds=True, learn_tables=True):
+    def __init__(self, fitted, A=None, learn_thresholds=True, learn_tables=True):
         super().__init__()
         self.fitted = fitted
         split_dims = fitted.split_dims_
         self.register_buffer("node_dims", torch.from_numpy(split_dims[:, _NODE_LEVEL].copy()))
         self.register_buffer("theta0", torch.from_numpy(fitted.thresholds_[:, :15].copy()))
+        self.soft = self.trains = A is not None
+        learn_thresholds, learn_tables = learn_thresholds and self.soft, learn_tables and self.soft
         self.register_buffer("sigma", torch.from_numpy(
-            _node_spreads(A, split_dims, fitted.thresholds_)))
+            _node_spreads(A, split_dims, fitted.thresholds_)) if self.soft
+            else torch.ones_like(self.theta0))
         self.register_buffer("left", torch.from_numpy(_LEFT))
         self.register_buffer("right", torch.from_numpy(_RIGHT))
         self.shift = torch.nn.Parameter(torch.zeros_like(self.theta0),
@@ -162,7 +172,7 @@ class LearnedLut(torch.nn.Module):
             q, low, scale = quantize_tables(self.tables)
             deployed = (onehot @ q.reshape(C * 16, M)) * (1.0 / scale) \
                 + (low.double().sum(dim=0).float() + self.bias)
-        if not torch.is_grad_enabled():  # inference passes need no soft tree
+        if not torch.is_grad_enabled() or not self.soft:  # no soft tree where no gradient flows
             return deployed
         # clamped: empty subtrees have θ = ±inf, and sigmoid is flat beyond ±30 anyway
         z = ((x[:, self.node_dims] - theta) / (self.temperature * self.sigma)).clamp(-30, 30)
@@ -173,7 +183,10 @@ class LearnedLut(torch.nn.Module):
 
     def export(self):
         """The trained layer as a fitted :class:`~lutengine.LutMatmul` (hard codes, int8
-        tables), whose kernels compute what :meth:`forward` computes."""
+        tables), whose kernels compute what :meth:`forward` computes (a frozen layer: the
+        fitted one itself)."""
+        if not self.soft:
+            return self.fitted
         lut = copy.deepcopy(self.fitted)
         thresholds = lut.thresholds_.copy()
         thresholds[:, :15] = self.thresholds().detach().numpy()
@@ -186,85 +199,90 @@ class LearnedLut(torch.nn.Module):
         return lut
 
 
-class _LearnedConv(torch.nn.Module):
-    """A :class:`LearnedLut` over the im2col patches of a Conv2d (``unfold`` order)."""
+class Affine(torch.nn.Module):
+    """``rows @ W + b`` with W (n_in, n_out) and b of a :class:`~lutengine.nn.Dense`,
+    trained or frozen (``trainable``); :meth:`lutengine.ops.Conv2d.torch_forward` runs it
+    as ``conv2d``."""
 
-    def __init__(self, lut, op):
+    def __init__(self, dense, trainable):
         super().__init__()
-        self.lut, self.op = lut, op
+        self.trains = trainable
+        self.W = torch.nn.Parameter(torch.from_numpy(dense.W.copy()), requires_grad=trainable)
+        self.b = torch.nn.Parameter(torch.from_numpy(dense.b.copy()), requires_grad=trainable)
 
-    def forward(self, x):
-        op = self.op
-        patches = torch.nn.functional.unfold(x, op.kernel_size, padding=op.padding,
-                                             stride=op.stride)
-        rows, cols = ((n + 2 * p - k) // s + 1 for n, k, s, p in
-                      zip(x.shape[2:], op.kernel_size, op.stride, op.padding))
-        out = self.lut(patches.transpose(1, 2).reshape(-1, patches.shape[1]))
-        return out.reshape(len(x), rows * cols, -1).transpose(1, 2).reshape(len(x), -1, rows,
-                                                                            cols)
+    def forward(self, rows):
+        return rows @ self.W + self.b
+
+    def export(self):
+        return ops.Dense(self.W.detach().numpy(), self.b.detach().numpy())
 
 
-def _torch_op(op, trainable):
-    """The torch module computing a (Dense) op of a Network; None for a softmax head."""
-    if isinstance(op, (nw.Linear, nw.Conv2d)):
-        W, b = op.layer.W, op.layer.b
-        if isinstance(op, nw.Linear):
-            module = torch.nn.Linear(*W.shape)
-            weight = W.T
-        else:
-            module = torch.nn.Conv2d(op.in_channels, W.shape[1], op.kernel_size, op.stride,
-                                     op.padding)
-            weight = W.T.reshape(module.weight.shape)
-        with torch.no_grad():
-            module.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
-            module.bias.copy_(torch.from_numpy(b))
-        return module.requires_grad_(trainable)
-    if isinstance(op, (nw.MaxPool2d, nw.AvgPool2d)):
-        pool = torch.nn.MaxPool2d if isinstance(op, nw.MaxPool2d) else torch.nn.AvgPool2d
-        return pool(op.kernel_size, op.stride, op.padding)
-    if isinstance(op, nw.GELU):
-        return torch.nn.GELU(op.approximate)
-    if isinstance(op, nw.Softmax):
-        return None
-    return {nw.ReLU: torch.nn.ReLU, nw.Flatten: torch.nn.Flatten}[type(op)]()
+class GraphModel(torch.nn.Module):
+    """A Network in training: weight layers as product modules (``products``, by node name:
+    :class:`Affine` or :class:`LearnedLut`); exact layers whose index (into ``net.layers``)
+    is in ``trainable`` train, the others are frozen.
 
-
-class _Model(torch.nn.Module):
-    """A Network's ops as torch modules, up to its logits (a softmax head is left out)."""
+    Only what training changes runs in torch: the nodes from the first product that trains
+    (a trainable Affine, a LearnedLut in training) onwards, each op by its
+    ``torch_forward``. The values they read from the rest of the network, which nothing in
+    training changes, come from the Network's own forward (NumPy and the deployed kernels)
+    per batch. Inputs are NumPy batches {input: array}; the output is the logits of a
+    classifier (the input of a softmax head) unless another node is named."""
 
     def __init__(self, net, trainable):
         super().__init__()
-        ops = [_torch_op(op, i in trainable) for i, op in enumerate(net.ops)]
-        self.ops = torch.nn.ModuleList(ops[:-1] if ops[-1] is None else ops)
+        self.net = net
+        self.products = torch.nn.ModuleDict()
+        for i, node in enumerate(net.layer_nodes):
+            layer = node.op.layer
+            self.products[node.name] = Affine(layer, i in trainable) \
+                if isinstance(layer, ops.Dense) else LearnedLut(layer)
+        head = net.node(net.output)
+        self.logits = head.inputs[0] if isinstance(head.op, ops.Softmax) else net.output
 
-    def forward(self, x, stop=None):
-        """Logits, or with ``stop`` what ``ops[stop]`` receives."""
-        for op in self.ops[:stop]:
-            x = op(x)
-        return x
+    def _torch_nodes(self, output):
+        """The nodes torch computes for ``output`` (every node after a product that trains,
+        on the way to it) and the values they read from the Network's forward."""
+        live, needed = set(), {output}
+        for name, _, sources in self.net.nodes:
+            if (name in self.products and self.products[name].trains) \
+                    or any(s in live for s in sources):
+                live.add(name)
+        for name, _, sources in reversed(self.net.nodes):
+            if name in needed:
+                needed.update(sources)
+        nodes = [node for node in self.net.nodes if node.name in live & needed]
+        read = dict.fromkeys(s for node in nodes for s in node.inputs if s not in live)
+        return nodes, tuple(read) if output in live else (output,)
+
+    def forward(self, X, output=None):
+        """The value of node ``output`` (default: the logits) for X {input: NumPy array}."""
+        output = self.logits if output is None else output
+        nodes, read = self._torch_nodes(output)
+        values = dict(zip(read, map(torch.from_numpy, self.net._values(X, read))))
+        for name, op, sources in nodes:
+            args = [values[source] for source in sources]
+            if name in self.products:
+                args.append(self.products[name])
+            values[name] = op.torch_forward(*args)
+        return values[output]
 
     def learned(self):
         return [m for m in self.modules() if isinstance(m, LearnedLut)]
 
+    def values(self, X, output=None, batch=512):
+        """The value of ``output`` (default: the logits) for X {input: array}, hard forward,
+        as float32 NumPy blocks of ``batch`` examples."""
+        self.eval()
+        n = len(next(iter(X.values())))
+        with torch.no_grad():
+            for start in range(0, n, batch):
+                yield self({k: v[start:start + batch] for k, v in X.items()}, output).numpy()
 
-def _inputs_of(model, X, op_index, batch=512):
-    """What ``ops[op_index]`` receives from ``model`` (hard forward) for X: float32."""
-    model.eval()
-    with torch.no_grad():
-        parts = [model(torch.from_numpy(X[s:s + batch]), stop=op_index).numpy()
-                 for s in range(0, len(X), batch)]
-    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
-
-
-def _calibration(model, net, X, op_index, rng):
-    """The rows the layer at ``op_index`` is fitted and calibrated on: its inputs for X, or
-    :data:`lutengine.nn.FIT_ROWS` of their patches for a Conv2d."""
-    A = _inputs_of(model, X, op_index)
-    op = net.ops[op_index]
-    if isinstance(op, nw.Conv2d):
-        A = op.patches(A)
-        A = A[np.sort(rng.choice(len(A), min(len(A), FIT_ROWS), replace=False))]
-    return np.ascontiguousarray(A)
+    def exported(self):
+        """{layer index: estimator} of every weight layer: exported LutMatmul or Dense."""
+        return {i: self.products[node.name].export()
+                for i, node in enumerate(self.net.layer_nodes)}
 
 
 def _optimizer(model, settings):
@@ -281,97 +299,112 @@ def _optimizer(model, settings):
 
 
 def _train(model, X, y, teacher, epochs, settings, rng, progress, desc):
-    """Adam on shuffled mini-batches with cosine-decayed steps and an annealed τ; returns
-    the mean loss of each epoch."""
+    """Adam on shuffled mini-batches of X ({input: array}) with cosine-decayed steps and an
+    annealed τ; returns the mean loss of each epoch."""
     optimizer = _optimizer(model, settings)
     if optimizer is None or epochs == 0:
         return []
+    n = len(y)
     batch = settings["batch_size"]
-    steps = epochs * math.ceil(len(X) / batch)
+    steps = epochs * math.ceil(n / batch)
     bases = [g["lr"] for g in optimizer.param_groups]
     hot, cold = settings["temperature"]
     alpha = settings["distill_weight"] if teacher is not None else 0.0
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    yt = torch.from_numpy(y)
     soft_targets = None if teacher is None else torch.softmax(torch.from_numpy(teacher), dim=1)
     losses, step = [], 0
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
     model.train()
     for _ in bar:
-        order = torch.from_numpy(rng.permutation(len(X)))
+        order = rng.permutation(n)
         total = 0.0
-        for start in range(0, len(X), batch):
+        for start in range(0, n, batch):
             rows = order[start:start + batch]
-            progress_frac = min(1.0, step / (0.9 * steps))
-            tau = hot * (cold / hot) ** progress_frac
+            tau = hot * (cold / hot) ** min(1.0, step / (0.9 * steps))
             for layer in model.learned():
                 layer.temperature = tau
             for group, base in zip(optimizer.param_groups, bases):
                 group["lr"] = base * 0.5 * (1 + math.cos(math.pi * step / steps))
-            logits = model(Xt[rows])
-            loss = torch.nn.functional.cross_entropy(logits, yt[rows])
+            logits = model({k: v[rows] for k, v in X.items()})
+            picked = torch.from_numpy(rows)
+            loss = torch.nn.functional.cross_entropy(logits, yt[picked])
             if alpha:
-                log_student = torch.log_softmax(logits, dim=1)
-                distill = torch.nn.functional.kl_div(log_student, soft_targets[rows],
-                                                     reduction="batchmean")
+                distill = torch.nn.functional.kl_div(torch.log_softmax(logits, dim=1),
+                                                     soft_targets[picked], reduction="batchmean")
                 loss = (1 - alpha) * loss + alpha * distill
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(rows)
             step += 1
-        losses.append(total / len(X))
+        losses.append(total / n)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     model.eval()
     return losses
 
 
+def finetune(net, X, y, trainable, settings, rng, progress):
+    """``net`` with its exact layers ``trainable`` (indices into ``net.layers``, all after
+    every lookup-table layer) trained on (X {input: array}, y class indices) for
+    ``settings`` (:data:`lutengine.nn.FINETUNE`: epochs, batch_size, learning_rate); the
+    other layers frozen. Returns a new Network."""
+    trainable = [i for i in trainable if isinstance(net.layers[i], ops.Dense)]
+    if not trainable:
+        return net
+    model = GraphModel(net, set(trainable))
+    _train(model, X, y, None, settings["epochs"],
+           {**SETTINGS, "batch_size": settings["batch_size"],
+            "dense_lr": settings["learning_rate"]}, rng, progress, "fine-tune")
+    exported = model.exported()
+    return net.with_layers({i: exported[i] for i in trainable})
+
+
+def _calibration(model, net, X, node, fit_rows, rng):
+    """The rows the layer of ``node`` is fitted and calibrated on: at most ``fit_rows`` of
+    the rows it multiplies for X, from ``model``'s hard forward."""
+    blocks = (node.op.rows(H) for H in model.values(X, node.inputs[0]))
+    n = len(next(iter(X.values())))
+    return sampled_rows(blocks, n * node.op.rows_per_example(net.shapes[node.name]), fit_rows,
+                        rng)
+
+
 def learn_luts(net, X_train, y_train, ncodebooks, *, layers=None, epochs=None, distill=True,
                schedule="joint", partition="contiguous", learn_thresholds=True,
-               learn_tables=True, settings=None, random_state=0, progress=True):
-    """See :func:`lutengine.nn.learn_luts`; ``net`` is a :class:`~lutengine.network.Network`
-    of Dense layers."""
+               learn_tables=True, settings=None, fit_rows=FIT_ROWS, random_state=0,
+               progress=True):
+    """See :func:`lutengine.nn.learn_luts`."""
     check_choice(schedule, "schedule", {"joint", "progressive"})
-    X = net._validated(X_train)
-    y = _class_indices(net.classes, y_train, len(X))
+    X, y = _labelled(net, X_train, y_train)
     targets, counts = layers_and_codebooks(net, layers, ncodebooks)
-    if any(not isinstance(layer, Dense) for layer in net.layers):
+    if any(not isinstance(layer, ops.Dense) for layer in net.layers):
         raise ValueError("every layer of net must be Dense (exact) to learn lookup tables")
-    if epochs is None:
-        epochs = 8
-    check_int(epochs, "epochs", 0)
+    epochs = check_int(8 if epochs is None else epochs, "epochs", 0)
+    check_int(fit_rows, "fit_rows", 16)
     settings = {**SETTINGS, **(settings or {})}
     torch.manual_seed(random_state)
     rng = np.random.default_rng(random_state)
-    positions = [net.layer_indices[i] for i in targets]
     # exact layers that stay exact are frozen; those still to convert train (progressive)
-    model = _Model(net, set(positions) if schedule == "progressive" else set())
-    teacher = _inputs_of(model, X, len(model.ops)) if distill else None
-    calibration = X[rng.permutation(len(X))[:settings["calibration_rows"]]]
-    stage_epochs = max(1, epochs // len(targets)) if schedule == "progressive" else 0
+    model = GraphModel(net, set(targets) if schedule == "progressive" else set())
+    teacher = np.concatenate(list(model.values(X))) if distill else None
+    order = rng.permutation(len(y))[:settings["calibration_rows"]]
+    calibration = {k: v[order] for k, v in X.items()}
+    # progressive: the epochs shared among the stages, the first ones taking the remainder
+    stage_epochs = [epochs // len(targets) + (s < epochs % len(targets))
+                    for s in range(len(targets))] if schedule == "progressive" \
+        else [0] * len(targets)
     history = []
-    for i, C, position in zip(tqdm(targets, desc="learn LUT layers", disable=not progress),
-                              counts, positions):
-        A = _calibration(model, net, calibration, position, rng)
-        exact = model.ops[position]
-        W = exact.weight.detach().numpy().reshape(len(exact.weight), -1).T.copy()
+    for i, C, stage in zip(tqdm(targets, desc="learn LUT layers", disable=not progress),
+                           counts, stage_epochs):
+        node = net.layer_nodes[i]
+        A = _calibration(model, net, calibration, node, fit_rows, rng)
+        exact = model.products[node.name].export()
         fitted = LutMatmul(C, partition=partition, random_state=random_state,
-                           progress=False).fit(A, W, bias=exact.bias.detach().numpy().copy())
-        lut = LearnedLut(fitted, A, learn_thresholds, learn_tables)
-        model.ops[position] = lut if isinstance(exact, torch.nn.Linear) \
-            else _LearnedConv(lut, net.ops[position])
-        history += _train(model, X, y, teacher, stage_epochs, settings, rng, progress,
+                           progress=False).fit(A, exact.W, bias=exact.b)
+        model.products[node.name] = LearnedLut(fitted, A, learn_thresholds, learn_tables)
+        history += _train(model, X, y, teacher, stage, settings, rng, progress,
                           f"train (layer {i})")
     if schedule == "joint":
         history = _train(model, X, y, teacher, epochs, settings, rng, progress, "train (joint)")
-    learned = net.with_layers({i: _exported(model.ops[position])
-                               for i, position in enumerate(net.layer_indices)})
+    learned = net.with_layers(model.exported())
     learned.training_loss_ = history
     return learned
-
-
-def _exported(module):
-    """The estimator of a trained op: an exported LutMatmul, or a Dense."""
-    if isinstance(module, (LearnedLut, _LearnedConv)):
-        return (module if isinstance(module, LearnedLut) else module.lut).export()
-    W = module.weight.detach().numpy().reshape(len(module.weight), -1).T
-    return Dense(W, module.bias.detach().numpy())

@@ -234,8 +234,9 @@ class _LutEstimator:
             check_array(getattr(self, name), name, np.float32, shape)
         for name in ("prototypes_", "luts_", "lut_offsets_", "lut_scale_", "bias_"):
             check_all_finite(getattr(self, name), name)
-        if not (self.lut_scale_ > 0).all():
-            raise ValueError("lut_scale_ must be positive")
+        with np.errstate(divide="ignore", over="ignore"):
+            if not (self.lut_scale_ > 0).all() or not np.isfinite(1 / self.lut_scale_).all():
+                raise ValueError("lut_scale_ must be positive, with a finite float32 inverse")
         cols = check_array(self.subspace_cols_, "subspace_cols_", np.int64, (D,))
         if not np.array_equal(np.sort(cols), np.arange(D)):
             raise ValueError(f"subspace_cols_ must be a permutation of the D = {D} columns")
@@ -419,3 +420,8 @@ class PQMatmul(_LutEstimator):
             raise ValueError(f"centroids_ must be at least {width} wide (the widest subspace), "
                              f"got shape {centroids.shape}")
         check_all_finite(centroids, "centroids_")
+        # squared distances (width terms of (x − c)² with |x| up to |c|) must stay finite
+        bound = np.sqrt(np.finfo(np.float32).max / (4 * max(width, 1)))
+        if np.abs(centroids).max(initial=0) > bound:
+            raise ValueError(f"centroids_ must lie within ±{bound:.3g} (their squared distances "
+                             "would overflow float32)")

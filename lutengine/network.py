@@ -1,380 +1,326 @@
-"""Networks of layers: what :func:`lutengine.nn.from_torch` / :func:`~lutengine.nn.from_onnx`
-import, run in NumPy and the Numba kernels, whose weight layers can be lookup tables.
+"""Networks: directed acyclic graphs of the ops in :mod:`lutengine.ops`, run in NumPy and the
+Numba kernels, whose weight layers can be lookup tables.
 
-A :class:`Network` is a sequence of ops on float32 arrays, batch first (NCHW for images):
+A :class:`Network` has named inputs (float32 features or images, or int64 token ids; axis 0 of
+every value is the batch), nodes that each apply an op to named values, and one output. A
+chain is one line: ``Network([Linear(d1), ReLU(), Linear(d2), Softmax()], (784,))``; a graph
+names each node's inputs: ``Network([("c", Conv2d(...), ["x"]), ("s", Add(), ["c", "x"])],
+{"x": (8, 32, 32)})``. Shapes and dtypes are checked node by node when it is built.
 
-* weight layers: :class:`Linear` (rows × W) and :class:`Conv2d` (groups 1), each holding an
-  estimator with ``predict(A) ≈ A W + b`` — a :class:`~lutengine.nn.Dense` (exact) or a
-  fitted :class:`~lutengine.LutMatmul`. A convolution is the product of its im2col patches
-  with the reshaped filters, so a :class:`~lutengine.LutMatmul` fitted on patches replaces
-  it, as MADDNESS runs its filters on Caltech-101 patches (Blalock & Guttag 2021, §5, image
-  filtering); its trees read their 4·C values straight from the image (:mod:`kernels.conv`),
-  the patches are never written;
-* :class:`ReLU`, :class:`GELU`, :class:`MaxPool2d`, :class:`AvgPool2d`, :class:`Flatten`,
-  and a :class:`Softmax` / :class:`LogSoftmax` head.
-
-BatchNorm is folded into the layer before it at import. :meth:`Network.forward` runs each run
-of LUT layers with ReLU between them as one fused kernel call
-(:class:`lutengine.runtime.FusedChain`).
+:meth:`Network.forward` runs the graph in chunks of examples. It runs each run of LUT
+``Linear`` layers with ReLU between them as one fused kernel call
+(:class:`lutengine.runtime.FusedChain`: MADDNESS's encoding and int8 scans of every layer per
+block of rows, Blalock & Guttag 2021, §4) and a ReLU feeding a max pool as the pool then the
+ReLU (the same bits, on a quarter of the values). The plan is rebuilt whenever a layer's
+fitted state changes; ``forward(X, fused=False)`` runs every op alone, the oracle of the fused
+plan.
 """
 
 import math
+import numbers
+import operator
+from itertools import chain
+from typing import NamedTuple
 
 import numpy as np
-from scipy.special import erf
 
-from . import _dispatch
-from ._validation import check_int, raise_if_nonfinite_read
-
-#: images per chunk of :meth:`Network.forward` on image inputs (bounds the patches and
-#: activations held at once)
-FORWARD_CHUNK_IMAGES = 256
+from . import _persist, config, ops
+from ._validation import _real_array, check_all_finite, check_int, check_limit
 
 
-def _n_inputs(layer):
-    """Input width of a Dense (its W) or a fitted estimator."""
-    return layer.W.shape[0] if hasattr(layer, "W") else layer.n_features_in_
+class Input(NamedTuple):
+    """A network input: its per-example ``shape`` and its ``dtype`` ("float32" or "int64")."""
+
+    shape: tuple
+    dtype: str = "float32"
 
 
-def _n_outputs(layer):
-    """Output width of a Dense (its W) or a fitted estimator."""
-    return layer.W.shape[1] if hasattr(layer, "W") else layer.n_outputs_
+class Node(NamedTuple):
+    """``op`` applied to the values named ``inputs``; its output is the value ``name``."""
+
+    name: str
+    op: ops.Op
+    inputs: tuple
 
 
-def _check_estimator(layer, name):
-    if not hasattr(layer, "W") and not hasattr(type(layer), "n_outputs_"):
-        raise TypeError(f"{name} must be a Dense or a fitted estimator such as LutMatmul, got "
-                        f"{type(layer).__name__}")
-    return layer
+class _Step(NamedTuple):
+    run: object       # callable on the input values
+    inputs: tuple     # names of the values it reads
+    output: str       # name of the value it writes
+    free: tuple       # values no later step reads (dropped after it)
 
 
-def _pair(value, name, low):
-    values = (value, value) if np.ndim(value) == 0 else tuple(value)
-    if len(values) != 2:
-        raise ValueError(f"{name} must be an int or a pair, got {value!r}")
-    return tuple(check_int(v, name, low) for v in values)
+#: what tells a fused plan that a LUT layer changed, compared by identity: the tables (every
+#: fit sets a new fitted state, new tables included) and whether they are quantised
+_layer_state = operator.attrgetter("quantize", "luts_q_")
 
 
-def _is_lut(layer):
-    """A quantised tree-encoded LutMatmul (what the fused and conv kernels run)."""
-    return hasattr(layer, "split_dims_") and getattr(layer, "quantize", False)
+_FLOAT32 = np.dtype(np.float32)
 
 
-class Linear:
-    """``A @ W + b`` on rows (n, n_in): ``layer`` is a Dense or a fitted LutMatmul."""
+def _check_inputs(inputs):
+    """``inputs`` as {name: Input}: a shape (one float32 input "x") or {name: shape or Input}."""
+    if not isinstance(inputs, dict):
+        inputs = {"x": inputs}
+    if not inputs:
+        raise ValueError("a network needs at least one input")
+    checked = {}
+    for name, spec in inputs.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"input names must be non-empty strings, got {name!r}")
+        spec = spec if isinstance(spec, Input) else Input(spec)
+        if isinstance(spec.shape, (str, bytes)) or not hasattr(spec.shape, "__iter__"):
+            raise TypeError(f"input {name!r}: shape must be a sequence of sizes, got "
+                            f"{spec.shape!r}")
+        shape = tuple(check_int(n, f"input {name!r} shape", 1) for n in spec.shape)
+        if spec.dtype not in ops.DTYPES:
+            raise ValueError(f"input {name!r}: dtype must be one of {list(ops.DTYPES)}, got "
+                             f"{spec.dtype!r}")
+        check_limit(math.prod(shape), "MAX_VALUE_ELEMENTS", f"input {name!r} ({shape}) size")
+        checked[name] = Input(shape, spec.dtype)
+    return checked
 
-    def __init__(self, layer):
-        self.layer = _check_estimator(layer, "layer")
 
-    def output_shape(self, shape):
-        if shape != (_n_inputs(self.layer),):
-            raise ValueError(f"takes ({_n_inputs(self.layer)},) features, gets {shape}")
-        return (_n_outputs(self.layer),)
-
-    def __call__(self, H):
-        return self.layer.predict(H)
-
-    def __repr__(self):
-        return f"Linear({self.layer!r})"
-
-
-class Conv2d:
-    """A 2-D convolution (groups 1, zero padding) as ``patches @ W + b``: W is
-    (in_channels·kh·kw, out_channels) with patch features in PyTorch's ``unfold`` order
-    (channel, row, column); ``layer`` is a Dense or a LutMatmul fitted on patches."""
-
-    def __init__(self, layer, in_channels, kernel_size, stride=1, padding=0):
-        self.layer = _check_estimator(layer, "layer")
-        self.in_channels = check_int(in_channels, "in_channels", 1)
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
-        features = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        if _n_inputs(self.layer) != features:
-            raise ValueError(f"layer takes {_n_inputs(self.layer)} features, but a "
-                             f"{self.kernel_size} kernel over {in_channels} channels has "
-                             f"{features}")
-
-    def output_shape(self, shape):
-        if len(shape) != 3 or shape[0] != self.in_channels:
-            raise ValueError(f"takes ({self.in_channels}, H, W) images, gets {shape}")
-        size = [(n + 2 * p - k) // s + 1 for n, k, s, p in
-                zip(shape[1:], self.kernel_size, self.stride, self.padding)]
-        if min(size) < 1:
-            raise ValueError(f"a {self.kernel_size} kernel does not fit {shape[1:]} images")
-        return (_n_outputs(self.layer), *size)
-
-    def patches(self, H):
-        """The im2col rows (n·Ho·Wo, in_channels·kh·kw) of images H."""
-        return _dispatch.conv.im2col(H, self.kernel_size, self.stride, self.padding)
-
-    def __call__(self, H):
-        _, rows, cols = self.output_shape(H.shape[1:])
-        if _is_lut(self.layer):
-            codes, nonfinite = _dispatch.conv.encode_tree_conv(
-                H, self.layer.split_dims_, self.layer.thresholds_, self.kernel_size,
-                self.stride, self.padding)
-            raise_if_nonfinite_read(nonfinite, "X")
-            Y = self.layer.predict_codes(codes)
+def _check_nodes(items, inputs):
+    """The nodes as Node tuples: a bare op takes the previous node's output (the one input
+    for the first); a ``(name, op, inputs)`` triple names its own."""
+    if isinstance(items, (ops.Op, str)) or not hasattr(items, "__iter__"):
+        raise TypeError(f"nodes must be a list of ops or (name, op, inputs) triples, got "
+                        f"{type(items).__name__}")
+    items = list(items)
+    if not items:
+        raise ValueError("nodes must not be empty")
+    check_limit(len(items), "MAX_NODES", "the number of nodes")
+    taken = set(inputs) | {item[0] for item in items if isinstance(item, (tuple, list))
+                           and item and isinstance(item[0], str)}
+    nodes, previous, counts = [], None, {}
+    for i, item in enumerate(items):
+        if isinstance(item, ops.Op):
+            if previous is None and len(inputs) != 1:
+                raise ValueError(f"nodes[0] is a bare op, but the network has inputs "
+                                 f"{list(inputs)}: give it as (name, op, inputs)")
+            op, sources = item, (previous or next(iter(inputs)),)
+            base = op.name.lower()
+            while True:
+                k = counts.get(base, 0)
+                counts[base] = k + 1
+                name = base if k == 0 else f"{base}_{k}"
+                if name not in taken:
+                    break
+            taken.add(name)
+        elif isinstance(item, (tuple, list)) and len(item) == 3:
+            name, op, sources = item
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"nodes[{i}]: the name must be a non-empty string, got {name!r}")
+            if isinstance(sources, str) or not hasattr(sources, "__iter__"):
+                raise TypeError(f"nodes[{i}] ({name!r}): inputs must be a list of names, got "
+                                f"{sources!r}")
+            sources = tuple(sources)
         else:
-            Y = self.layer.predict(self.patches(H))
-        if Y.flags.f_contiguous and not Y.flags.c_contiguous:  # the SIMD scan's channels
-            return np.ascontiguousarray(Y.T.reshape(-1, len(H), rows, cols).transpose(1, 0, 2, 3))
-        return np.ascontiguousarray(Y.reshape(len(H), rows, cols, -1).transpose(0, 3, 1, 2))
-
-    def __repr__(self):
-        return (f"Conv2d({self.layer!r}, in_channels={self.in_channels}, "
-                f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding})")
-
-
-class _Elementwise:
-    def output_shape(self, shape):
-        return shape
-
-    def __repr__(self):
-        return f"{type(self).__name__}()"
-
-
-class ReLU(_Elementwise):
-    def __call__(self, H):
-        return np.maximum(H, np.float32(0))
-
-
-class GELU(_Elementwise):
-    """x·Φ(x) with the exact normal CDF, or PyTorch's tanh approximation."""
-
-    def __init__(self, approximate="none"):
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
-        self.approximate = approximate
-
-    def __call__(self, H):
-        H64 = H.astype(np.float64)
-        if self.approximate == "tanh":
-            cdf = 0.5 * (1 + np.tanh(math.sqrt(2 / math.pi) * (H64 + 0.044715 * H64 ** 3)))
-        else:
-            cdf = 0.5 * (1 + erf(H64 / math.sqrt(2)))
-        return (H64 * cdf).astype(np.float32)
-
-    def __repr__(self):
-        return f"GELU(approximate={self.approximate!r})"
-
-
-class _Pool2d:
-    """Max or average over kernel windows (stride, padding; no ceil mode, no dilation)."""
-
-    def __init__(self, kernel_size, stride=None, padding=0):
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"padding {self.padding} must be at most half the kernel "
-                             f"{self.kernel_size}")
-
-    def output_shape(self, shape):
-        if len(shape) != 3:
-            raise ValueError(f"takes (C, H, W) images, gets {shape}")
-        size = [(n + 2 * p - k) // s + 1 for n, k, s, p in
-                zip(shape[1:], self.kernel_size, self.stride, self.padding)]
-        if min(size) < 1:
-            raise ValueError(f"a {self.kernel_size} window does not fit {shape[1:]} images")
-        return (shape[0], *size)
-
-    def _reduce(self, H, fill, combine):
-        """``combine`` (np.maximum or np.add) over the kh·kw window offsets, each a strided
-        view of the padded input (padding ``fill``): kh·kw vector passes, no window copies."""
-        (ph, pw), (sh, sw), (kh, kw) = self.padding, self.stride, self.kernel_size
-        if ph or pw:
-            H = np.pad(H, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
-        rows, cols = (H.shape[2] - kh) // sh + 1, (H.shape[3] - kw) // sw + 1
-        out = None
-        for dy in range(kh):
-            for dx in range(kw):
-                view = H[:, :, dy:dy + sh * (rows - 1) + 1:sh, dx:dx + sw * (cols - 1) + 1:sw]
-                out = view.copy() if out is None else combine(out, view, out=out)
-        return out
-
-    def __repr__(self):
-        return (f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding})")
-
-
-class MaxPool2d(_Pool2d):
-    def __call__(self, H):
-        return self._reduce(H, -np.inf, np.maximum)
-
-
-class AvgPool2d(_Pool2d):
-    """Average over the window, zero padding included in the count (PyTorch's default)."""
-
-    def __call__(self, H):
-        total = self._reduce(H, 0, np.add)
-        total *= np.float32(1 / (self.kernel_size[0] * self.kernel_size[1]))
-        return total
-
-
-class Flatten(_Elementwise):
-    """(n, …) → (n, features) in C order (PyTorch's ``flatten(1)``)."""
-
-    def output_shape(self, shape):
-        return (math.prod(shape),)
-
-    def __call__(self, H):
-        return H.reshape(len(H), -1)
-
-
-class Softmax(_Elementwise):
-    """Row-wise softmax over the classes (a classifier's head)."""
-
-    def output_shape(self, shape):
-        if len(shape) != 1:
-            raise ValueError(f"runs over the classes of (n, classes) rows, gets {shape}")
-        return shape
-
-    def __call__(self, H):
-        Z = H.astype(np.float64)
-        Z -= Z.max(axis=1, keepdims=True)
-        E = np.exp(Z)
-        return (E / E.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-class LogSoftmax(Softmax):
-    """Row-wise log-softmax over the classes."""
-
-    def __call__(self, H):
-        Z = H.astype(np.float64)
-        Z -= Z.max(axis=1, keepdims=True)
-        return (Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))).astype(np.float32)
-
-
-OPS = (Linear, Conv2d, ReLU, GELU, MaxPool2d, AvgPool2d, Flatten, Softmax, LogSoftmax)
+            raise TypeError(f"nodes[{i}] must be an op or a (name, op, inputs) triple, got "
+                            f"{type(item).__name__}")
+        if not isinstance(op, ops.Op):
+            raise TypeError(f"nodes[{i}] ({name!r}): the op must be one of "
+                            f"{[c.name for c in ops.OPS]}, got {type(op).__name__}")
+        nodes.append(Node(name, op, sources))
+        previous = name
+    return nodes
 
 
 class Network:
-    """A sequence of ``ops`` (instances of :data:`OPS`) on inputs of ``input_shape`` (per
-    example: ``(features,)`` or ``(channels, height, width)``); ``classes`` label the
-    outputs of a classifier (default 0..n_outputs − 1)."""
+    """A directed acyclic graph of ops (see the module docstring).
 
-    def __init__(self, ops, input_shape, classes=None):
-        self.ops = tuple(ops)
-        if not self.ops:
-            raise ValueError("ops must not be empty")
-        self.input_shape = tuple(check_int(n, "input_shape", 1) for n in input_shape)
-        shape = self.input_shape
-        self.shapes = [shape]  # shapes[i]: what ops[i] receives (shapes[-1]: the output)
-        for i, op in enumerate(self.ops):
-            if not isinstance(op, OPS):
-                raise TypeError(f"ops[{i}] must be one of {[c.__name__ for c in OPS]}, got "
-                                f"{type(op).__name__}")
+    Parameters
+    ----------
+    nodes : list
+        In topological order: ops (each takes the previous node's output) or
+        ``(name, op, input names)`` triples.
+    inputs : tuple or dict
+        A per-example shape (one float32 input named "x"), or {name: shape or
+        :class:`Input` (shape, dtype)} for several, or for int64 token ids.
+    output : str, optional
+        The node whose value :meth:`forward` returns (default: the last).
+    classes : array, optional
+        Labels of a classifier's outputs (default 0..k − 1 for (n, k) outputs).
+
+    Attributes: ``inputs`` ({name: Input}), ``nodes`` (tuple of :class:`Node`), ``output``,
+    ``classes`` (None for outputs that are not (n, k)), ``shapes`` and ``dtypes`` (of every
+    value, per example).
+    """
+
+    def __init__(self, nodes, inputs, *, output=None, classes=None):
+        self.inputs = _check_inputs(inputs)
+        self.nodes = tuple(_check_nodes(nodes, self.inputs))
+        self.shapes = {name: spec.shape for name, spec in self.inputs.items()}
+        self.dtypes = {name: spec.dtype for name, spec in self.inputs.items()}
+        work = max(math.prod(shape) for shape in self.shapes.values())
+        for i, (name, op, sources) in enumerate(self.nodes):
+            where = f"nodes[{i}] ({name!r}, {op.name})"
+            if name in self.shapes:
+                raise ValueError(f"{where}: the name {name!r} is already taken")
+            unknown = [s for s in sources if s not in self.shapes]
+            if unknown:
+                raise ValueError(f"{where} reads {unknown}, which no input or earlier node "
+                                 "gives (nodes must be in topological order)")
+            if (op.arity is not None and len(sources) != op.arity) or not sources:
+                raise ValueError(f"{where} takes {op.arity or 'one or more'} inputs, got "
+                                 f"{len(sources)}")
+            got = tuple(self.dtypes[s] for s in sources)
+            if got != op.input_dtypes(len(sources)):
+                raise TypeError(f"{where} takes {list(op.input_dtypes(len(sources)))} inputs, "
+                                f"gets {list(got)}")
+            shapes = [self.shapes[s] for s in sources]
             try:
-                shape = op.output_shape(shape)
+                shape = op.output_shape(*shapes)
+                size = op.work(*shapes)
             except ValueError as exc:
-                raise ValueError(f"ops[{i}] ({type(op).__name__}) {exc}") from None
-            self.shapes.append(shape)
-        if isinstance(self.ops[-1], Softmax) and len(self.shapes[-1]) != 1:
-            raise ValueError("a Softmax head needs (n, classes) outputs")
-        n_out = math.prod(self.shapes[-1])
-        self.classes = np.arange(n_out) if classes is None else np.asarray(classes)
-        if self.classes.shape != (n_out,):
-            raise ValueError(f"classes must have one label per output ({n_out}), got shape "
-                             f"{self.classes.shape}")
-        self._segments = None
+                raise ValueError(f"{where} {exc}") from None
+            check_limit(size, "MAX_VALUE_ELEMENTS", f"{where}: the elements it holds per example")
+            work = max(work, size)
+            self.shapes[name], self.dtypes[name] = shape, "float32"
+        self.output = self.nodes[-1].name if output is None else output
+        if not isinstance(self.output, str) or self.output not in self.shapes \
+                or self.output in self.inputs:
+            raise ValueError(f"output must name a node, got {self.output!r}")
+        self.classes = self._check_classes(classes)
+        self._chunk_rows = max(1, config.FORWARD_CHUNK_ELEMENTS // work)
+        self._plans = {}
+        # what forward's fast path accepts as is: one float32 input's (name, shape)
+        (name, spec), *others = self.inputs.items()
+        self._single = None if others or spec.dtype != "float32" else (name, spec.shape)
+        # the layers a fused plan may copy from (tree-encoded estimators)
+        self._lut_layers = [op.layer for op in self.ops if op.lut
+                            and hasattr(op.layer, "split_dims_")]
+
+    def _check_classes(self, classes):
+        shape = self.shapes[self.output]
+        if classes is None:
+            return np.arange(shape[0]) if len(shape) == 1 else None
+        classes = np.asarray(classes)
+        if len(shape) != 1 or classes.shape != shape:
+            raise ValueError(f"classes must have one label per output "
+                             f"({', '.join(map(str, shape))}), got shape {classes.shape}")
+        if classes.dtype.kind not in "biufU":
+            raise TypeError(f"classes must be numbers or strings, got dtype {classes.dtype}")
+        return classes
+
+    # -- structure ------------------------------------------------------------------------
+    @property
+    def ops(self):
+        """The ops of the nodes, in order."""
+        return tuple(node.op for node in self.nodes)
 
     @property
-    def layer_indices(self):
-        """Indices into :attr:`ops` of the weight layers (Linear and Conv2d), in order."""
-        return [i for i, op in enumerate(self.ops) if isinstance(op, (Linear, Conv2d))]
+    def input_shape(self):
+        """The per-example shape of the one input (an error for several inputs)."""
+        if len(self.inputs) != 1:
+            raise ValueError(f"this network has {len(self.inputs)} inputs {list(self.inputs)}")
+        return next(iter(self.inputs.values())).shape
+
+    def node(self, name):
+        """The node named ``name``."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"no node named {name!r}")
+
+    @property
+    def layer_nodes(self):
+        """The weight-layer nodes (Linear, Conv2d), in topological order."""
+        return [node for node in self.nodes if node.op.lut]
 
     @property
     def layers(self):
         """The estimators of the weight layers (Dense or LutMatmul), in order."""
-        return [self.ops[i].layer for i in self.layer_indices]
+        return [node.op.layer for node in self.layer_nodes]
 
     def with_layers(self, replacements):
-        """A new Network whose weight layer ``i`` (an index into :attr:`layer_indices`) holds
-        ``replacements[i]``; the other ops are shared."""
-        ops = list(self.ops)
-        for i, layer in replacements.items():
-            op = ops[self.layer_indices[i]]
-            ops[self.layer_indices[i]] = Linear(layer) if isinstance(op, Linear) else Conv2d(
-                layer, op.in_channels, op.kernel_size, op.stride, op.padding)
-        return Network(ops, self.input_shape, self.classes)
+        """A new Network whose weight layer ``i`` (an index into :attr:`layers`) holds
+        ``replacements[i]``; every other op is shared."""
+        names = {node.name: i for i, node in enumerate(self.layer_nodes)}
+        positions = list(names.values())
+        for i in replacements:
+            if isinstance(i, (bool, np.bool_)) or not isinstance(i, numbers.Integral) \
+                    or not 0 <= i < len(positions):
+                raise ValueError(f"replacements must be keyed by layer indices in "
+                                 f"0..{len(positions) - 1}, got {i!r}")
+        nodes = [Node(name, op.with_layer(replacements[names[name]]), sources)
+                 if names.get(name) in replacements else Node(name, op, sources)
+                 for name, op, sources in self.nodes]
+        return Network(nodes, self.inputs, output=self.output, classes=self.classes)
 
-    def _validated(self, X):
-        X = np.asarray(X)
-        if X.dtype.kind not in "fiub":
-            raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
-        if X.ndim != len(self.input_shape) + 1 or X.shape[1:] != self.input_shape:
-            raise ValueError(f"X must have shape (n, {', '.join(map(str, self.input_shape))}), "
-                             f"got {X.shape}")
-        if X.shape[0] == 0:
-            raise ValueError("X is empty")
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        if not np.isfinite(X).all():
-            raise ValueError("X contains NaN or Inf")
-        return X
+    # -- running --------------------------------------------------------------------------
+    def _validated(self, X, argument="X"):
+        """(X as {input name: array}: float32 (finite) or int64, C-contiguous; the batch
+        size), errors naming ``argument``."""
+        if self._single is not None and type(X) is np.ndarray and X.dtype is _FLOAT32 \
+                and X.flags.c_contiguous and X.shape[1:] == self._single[1] and len(X) \
+                and X.ndim == len(self._single[1]) + 1:
+            if not np.isfinite(X).all():  # one row, typically: a whole-array check is cheap
+                raise ValueError(f"{argument} contains NaN or Inf values")
+            return {self._single[0]: X}, len(X)
+        if isinstance(X, dict):
+            if set(X) != set(self.inputs):
+                raise ValueError(f"{argument} must hold the inputs {sorted(self.inputs)}, got "
+                                 f"{sorted(X, key=str)}")
+        elif len(self.inputs) == 1:
+            X = {next(iter(self.inputs)): X}
+        else:
+            raise TypeError(f"{argument} must be a dict of the inputs {list(self.inputs)}")
+        values, batch = {}, None
+        for name, spec in self.inputs.items():
+            label = argument if len(self.inputs) == 1 else f"{argument}[{name!r}]"
+            value = _real_array(X[name], label, "array")
+            if spec.dtype == "int64" and value.dtype.kind not in "iu":
+                raise TypeError(f"{label} must hold integer ids, got dtype {value.dtype}")
+            if value.shape[1:] != spec.shape or value.ndim != len(spec.shape) + 1:
+                dims = ", ".join(map(str, ("n", *spec.shape)))
+                rank = "" if value.ndim == len(spec.shape) + 1 else \
+                    f"be {len(spec.shape) + 1}-D, "
+                raise ValueError(f"{label} must {rank}have shape ({dims}), got {value.shape}")
+            if value.shape[0] == 0:
+                raise ValueError(f"{label} must not be empty, got shape {value.shape}")
+            if batch is not None and value.shape[0] != batch:
+                raise ValueError(f"the inputs must have one batch size, got {batch} and "
+                                 f"{value.shape[0]} for {label}")
+            batch = value.shape[0]
+            values[name] = np.ascontiguousarray(value, dtype=spec.dtype)
+            if spec.dtype == "float32":
+                check_all_finite(values[name], label)
+        return values, batch
 
-    def _plan(self):
-        """The forward as segments ``(start, stop, runner)``: ``runner`` computes
-        ops[start:stop] at once — a FusedChain for a run Linear(LUT) (ReLU Linear(LUT))+, the
-        pool then the ReLU for ReLU MaxPool2d (max and ReLU commute exactly, and the ReLU
-        then touches a quarter of the values) — or is None for one op run alone."""
-        if self._segments is None:
-            segments, i = [], 0
-            while i < len(self.ops):
-                stop = i  # extend the run Linear(LUT) (ReLU Linear(LUT))* from ops[i]
-                while _lut_linear(self.ops[stop]) and stop + 2 < len(self.ops) \
-                        and isinstance(self.ops[stop + 1], ReLU) \
-                        and _lut_linear(self.ops[stop + 2]):
-                    stop += 2
-                runner = None
-                if stop > i:
-                    from .runtime import FusedChain
-                    runner = FusedChain([op.layer for op in self.ops[i:stop + 1:2]]).forward
-                elif isinstance(self.ops[i], ReLU) and i + 1 < len(self.ops) \
-                        and isinstance(self.ops[i + 1], MaxPool2d):
-                    relu, pool = self.ops[i:i + 2]
-                    stop, runner = i + 1, lambda H, relu=relu, pool=pool: relu(pool(H))
-                segments.append((i, stop + 1, runner))
-                i = stop + 1
-            self._segments = segments
-        return self._segments
+    def forward(self, X, output=None, fused=True):
+        """The value of the output node (or of node ``output``, any node or input) for the
+        examples ``X``, float32 (n, *its shape). ``X`` is an array (n, *input shape) for a
+        network of one input, else {input name: array}. Runs in chunks of examples;
+        ``fused=False`` runs every op alone (the oracle of the fused plan)."""
+        if output is not None and not isinstance(output, str):
+            raise TypeError(f"output must name a node of the network, got {output!r}")
+        return self._values(X, (self.output if output is None else output,), fused)[0]
 
-    def run(self, H, start=0, stop=None):
-        """``H`` (what ops[start] receives) through ops[start:stop], without validation."""
-        stop = len(self.ops) if stop is None else stop
-        for first, last, runner in self._plan():
-            if last <= start or first >= stop:
-                continue
-            if runner is not None and first >= start and last <= stop:
-                H = runner(H)
-            else:
-                for op in self.ops[max(first, start):min(last, stop)]:
-                    H = op(H)
-        return H
+    def _values(self, X, outputs, fused=True):
+        """The values named ``outputs`` (a tuple) for X, from one pass."""
+        values, n = self._validated(X)
+        steps = self._plan(outputs, fused)
+        if n <= self._chunk_rows:
+            return [np.ascontiguousarray(v) for v in self._run(values, steps, outputs)]
+        parts = [self._run({k: v[i:i + self._chunk_rows] for k, v in values.items()}, steps,
+                           outputs) for i in range(0, n, self._chunk_rows)]
+        return [np.concatenate(chunks) for chunks in zip(*parts)]
 
-    def forward(self, X):
-        """What the source model outputs for ``X`` (n, *input_shape), float32; images go in
-        chunks of :data:`FORWARD_CHUNK_IMAGES`."""
-        X = self._validated(X)
-        if len(self.input_shape) == 1:
-            return np.ascontiguousarray(self.run(X), dtype=np.float32)
-        return np.concatenate([self.run(X[i:i + FORWARD_CHUNK_IMAGES])
-                               for i in range(0, len(X), FORWARD_CHUNK_IMAGES)]).astype(
-            np.float32, copy=False)
-
-    def inputs_of(self, X, op_index):
-        """What ``ops[op_index]`` receives for ``X`` (validated), chunked like forward."""
-        X = self._validated(X)
-        step = len(X) if len(self.input_shape) == 1 else FORWARD_CHUNK_IMAGES
-        return np.concatenate([self.run(X[i:i + step], 0, op_index)
-                               for i in range(0, len(X), step)])
+    @staticmethod
+    def _run(values, steps, outputs):
+        for run, inputs, out, free in steps:
+            values[out] = run(*[values[name] for name in inputs])
+            for name in free:
+                del values[name]
+        return [values[name] for name in outputs]
 
     def predict(self, X):
         """The class of the largest output of each example (a classifier's prediction)."""
-        if len(self.shapes[-1]) != 1:
+        if self.classes is None:
             raise ValueError(f"predict needs (n, classes) outputs, this network gives "
-                             f"{self.shapes[-1]}")
+                             f"(n, {', '.join(map(str, self.shapes[self.output]))})")
         return self.classes[np.argmax(self.forward(X), axis=1)]
 
     def score(self, X, y):
@@ -385,10 +331,184 @@ class Network:
                              f"{predicted.shape}, got shape {y.shape}")
         return float(np.mean(predicted == y))
 
+    # -- the plan -------------------------------------------------------------------------
+    def _plan(self, outputs, fused):
+        """The steps computing ``outputs``, cached while the LUT layers' fitted arrays are
+        the ones the plan was built from (a refit or set_params rebuilds it)."""
+        state = tuple(chain.from_iterable(map(_layer_state, self._lut_layers)))
+        cached = self._plans.get((outputs, fused))
+        if cached is None or not all(map(operator.is_, cached[0], state)):
+            cached = state, self._build_plan(outputs, fused)
+            self._plans[(outputs, fused)] = cached
+        return cached[1]
+
+    def _build_plan(self, outputs, fused):
+        for name in outputs:
+            if not isinstance(name, str) or name not in self.shapes:
+                raise ValueError(f"output must name a node of the network, got {name!r}")
+        by_name = {node.name: node for node in self.nodes}
+        needed, stack = set(), list(outputs)
+        while stack:
+            name = stack.pop()
+            if name in by_name and name not in needed:
+                needed.add(name)
+                stack.extend(by_name[name].inputs)
+        consumers = {}
+        for node in self.nodes:
+            if node.name in needed:
+                for source in node.inputs:
+                    consumers.setdefault(source, []).append(node)
+
+        def sole_consumer(name, kind):
+            """The one node reading value ``name``, if it is an op of ``kind``."""
+            readers = consumers.get(name, [])
+            if name not in outputs and len(readers) == 1 and isinstance(readers[0].op, kind):
+                return readers[0]
+            return None
+
+        steps, covered = [], set()
+        for node in self.nodes:
+            if node.name not in needed or node.name in covered:
+                continue
+            chain = [node]
+            while fused and _lut_linear(chain[-1]):
+                relu = sole_consumer(chain[-1].name, ops.ReLU)
+                following = relu and sole_consumer(relu.name, ops.Linear)
+                if not following or not _lut_linear(following):
+                    break
+                chain += [relu, following]
+            pool = fused and isinstance(node.op, ops.ReLU) and sole_consumer(node.name,
+                                                                            ops.MaxPool2d)
+            if len(chain) > 1:
+                run = _fused_chain([n.op.layer for n in chain[0::2]])
+            elif pool:
+                chain, run = [node, pool], lambda H, pool=pool.op, relu=node.op: relu(pool(H))
+            else:
+                run = node.op
+            covered.update(n.name for n in chain)
+            steps.append(_Step(run, node.inputs, chain[-1].name, ()))
+        last_read = {}
+        for i, step in enumerate(steps):
+            for name in step.inputs:
+                last_read[name] = i
+        return [step._replace(free=tuple(name for name, i in last_read.items()
+                                         if i == s and name not in outputs))
+                for s, step in enumerate(steps)]
+
+    # -- files ----------------------------------------------------------------------------
+    def save(self, path):
+        """Write the network (graph, ops, exact and LUT layers, inputs, classes) to ``path``
+        (.npz, read back by :func:`lutengine.load` with allow_pickle=False)."""
+        _persist.save(self, path)
+
+    def _to_file(self):
+        """(header params, arrays) of the file :meth:`save` writes."""
+        arrays = {} if self.classes is None else {"classes": self.classes}
+        nodes = []
+        for i, (name, op, sources) in enumerate(self.nodes):
+            entry = {"name": name, "op": op.name, "inputs": list(sources),
+                     "config": op.config(), "arrays": sorted(op.arrays()), "layer": None}
+            arrays.update({f"{i}.{key}": value for key, value in op.arrays().items()})
+            if op.lut:
+                layer = op.layer
+                entry["layer"] = {"class": type(layer).__name__, "params": layer.get_params()}
+                arrays.update({f"{i}.layer.{key}": np.asarray(getattr(layer, key))
+                               for key in layer._state_attrs})
+            nodes.append(entry)
+        params = {"inputs": [[name, list(spec.shape), spec.dtype]
+                             for name, spec in self.inputs.items()],
+                  "nodes": nodes, "output": self.output, "classes": self.classes is not None}
+        return params, arrays
+
+    @staticmethod
+    def _file_members(params):
+        """The array names a file with header ``params`` must hold (checked before any is
+        read)."""
+        _expect(params, dict, "params")
+        nodes = _expect(params.get("nodes"), list, "nodes")
+        check_limit(len(nodes), "MAX_NODES", "the number of nodes")
+        names = {"classes"} if _expect(params.get("classes"), bool, "classes") else set()
+        for i, entry in enumerate(nodes):
+            _expect(entry, dict, f"nodes[{i}]")
+            op = ops.BY_NAME.get(entry.get("op"))
+            if op is None:
+                raise ValueError(f"nodes[{i}]: unknown op {entry.get('op')!r}; known: "
+                                 f"{sorted(ops.BY_NAME)}")
+            own = _expect(entry.get("arrays"), list, f"nodes[{i}].arrays")
+            if not set(own) <= set(op.array_names()) or len(set(own)) != len(own):
+                raise ValueError(f"nodes[{i}]: a {op.name} holds arrays among "
+                                 f"{list(op.array_names())}, got {own}")
+            names.update(f"{i}.{key}" for key in own)
+            layer = entry.get("layer")
+            if op.lut:
+                cls = _layer_class(_expect(layer, dict, f"nodes[{i}].layer").get("class"))
+                names.update(f"{i}.layer.{key}" for key in cls._state_attrs)
+            elif layer is not None:
+                raise ValueError(f"nodes[{i}]: a {op.name} has no layer")
+        return names
+
+    @classmethod
+    def _from_file(cls, params, arrays):
+        """The Network of a file (see :meth:`_to_file`); every op, layer and shape checked."""
+        inputs = {}
+        for spec in _expect(params.get("inputs"), list, "inputs"):
+            if not isinstance(spec, list) or len(spec) != 3 or not isinstance(spec[0], str) \
+                    or spec[0] in inputs:
+                raise ValueError(f"inputs must be [name, shape, dtype] triples with distinct "
+                                 f"names, got {spec!r}")
+            inputs[spec[0]] = Input(_expect(spec[1], list, "input shape"), spec[2])
+        nodes = []
+        for i, entry in enumerate(params["nodes"]):
+            op = ops.BY_NAME[entry["op"]]
+            config = _expect(entry.get("config"), dict, f"nodes[{i}].config")
+            own = {key: arrays[f"{i}.{key}"] for key in entry["arrays"]}
+            if op.lut:
+                layer = entry["layer"]
+                layer_cls = _layer_class(layer["class"])
+                state = {key: arrays[f"{i}.layer.{key}"] for key in layer_cls._state_attrs}
+                own["layer"] = _persist.restore(layer_cls, layer.get("params"), state)
+            nodes.append((entry.get("name"), op(**config, **own), entry.get("inputs")))
+        return cls(nodes, inputs, output=params.get("output"), classes=arrays.get("classes"))
+
     def __repr__(self):
-        ops = ",\n  ".join(map(repr, self.ops))
-        return f"Network(input_shape={self.input_shape}, ops=[\n  {ops}])"
+        lines = [f"  {name} = {op!r}({', '.join(sources)})" for name, op, sources in self.nodes]
+        inputs = ", ".join(f"{name}: {spec.shape}" + ("" if spec.dtype == "float32" else
+                                                      f" {spec.dtype}")
+                           for name, spec in self.inputs.items())
+        return f"Network({inputs} → {self.output},\n" + "\n".join(lines) + ")"
 
 
-def _lut_linear(op):
-    return isinstance(op, Linear) and _is_lut(op.layer)
+def _expect(value, kind, what):
+    if not isinstance(value, kind):
+        raise ValueError(f"{what} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _layer_class(name):
+    """The estimator class a weight layer read from a file may have."""
+    cls = _persist.savable_class(name)
+    if cls is None or not hasattr(cls, "n_outputs_"):
+        raise ValueError(f"a weight layer must be a Dense, LutMatmul or PQMatmul, got {name!r}")
+    return cls
+
+
+def _lut_linear(node):
+    return isinstance(node.op, ops.Linear) and ops.is_lut(node.op.layer)
+
+
+def _fused_chain(layers):
+    """The forward of a FusedChain of ``layers`` on any (…, features) value."""
+    from .runtime import FusedChain
+
+    chain = FusedChain(layers)
+
+    def run(H):
+        if H.ndim == 2:
+            return chain.forward(H)
+        return chain.forward(H.reshape(-1, H.shape[-1])).reshape(*H.shape[:-1], -1)
+
+    return run
+
+
+_persist.savable(Network)
+_persist.savable(ops.Dense)

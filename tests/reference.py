@@ -444,3 +444,119 @@ def ref_fastscan_search(packed, nrows, qtables, offsets, scales, norms, rows, Q,
         best = np.lexsort((cand, -exact))[:k]
         pos[q], out[q] = cand[best], exact[best]
     return pos, out
+
+
+# -- networks (lutengine.network), node by node from the ops' fields
+
+def ref_windows(X, kernel_size, stride, padding, fill):
+    """Every window of images X (n, C, H, W) padded by ``fill``: (n, C, Ho, Wo, kh, kw),
+    window (y, x) starting at row ``y*sh - ph`` and column ``x*sw - pw`` (floor mode)."""
+    (kh, kw), (sh, sw), (ph, pw) = _ref_pair(kernel_size), _ref_pair(stride), _ref_pair(padding)
+    n, C, H, W = X.shape
+    padded = np.full((n, C, H + 2 * ph, W + 2 * pw), fill, dtype=np.float64)
+    padded[:, :, ph:ph + H, pw:pw + W] = X
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))
+    return windows[:, :, ::sh, ::sw]
+
+
+def ref_patches(windows):
+    """Conv2d patches of :func:`ref_windows` as PyTorch's ``unfold`` orders them: row
+    ``(n*Ho + y)*Wo + x``, feature ``(ci, dy, dx)`` in C order."""
+    n, C, rows, cols, kh, kw = windows.shape
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * rows * cols, C * kh * kw)
+
+
+def ref_layer(layer, rows):
+    """A weight layer on float32 rows (n, features), float64 (n, outputs): a Dense as
+    ``rows @ W + b``; a LutMatmul / PQMatmul as its encoder (hash trees or nearest
+    centroids) and its scan. With int8 tables, the deployed product: the exact integer sums
+    times the float32 ``1 / scale`` plus the float32 ``Σ_c offsets + bias``, rounded once to
+    float32 (as :func:`ref_fused_chain`; a later layer's trees compare these very values);
+    with float tables, the exact sums + bias."""
+    if hasattr(layer, "W"):
+        return rows.astype(np.float64) @ layer.W.astype(np.float64) + layer.b
+    if hasattr(layer, "split_dims_"):
+        codes = ref_encode_tree(rows, layer.split_dims_, layer.thresholds_)
+    else:
+        codes = ref_encode_pq(rows, layer.subspace_cols_, layer.subspace_bounds_,
+                              layer.centroids_)
+    if not layer.quantize:
+        return ref_scan_float(codes, layer.luts_, layer.bias_)
+    inv_scale = np.float32(1) / layer.lut_scale_.astype(np.float32)
+    shift = layer.lut_offsets_.sum(axis=0, dtype=np.float64).astype(np.float32) \
+        + layer.bias_.astype(np.float32)
+    Z = ref_accumulate(codes, layer.luts_q_) * inv_scale.astype(np.float64) + shift
+    return Z.astype(np.float32).astype(np.float64)
+
+
+def _ref_gelu(H, approximate):
+    from scipy.special import erf
+
+    if approximate == "tanh":
+        return 0.5 * H * (1 + np.tanh(np.sqrt(2 / np.pi) * (H + 0.044715 * H ** 3)))
+    return 0.5 * H * (1 + erf(H / np.sqrt(2)))
+
+
+def ref_op(op, values):
+    """One op of the table on its input values (batch first), float64 or int64 ids in;
+    its output, float64."""
+    name = type(op).__name__
+    H = values[0].astype(np.float64) if values[0].dtype != np.int64 else values[0]
+    if name == "Linear":
+        return ref_layer(op.layer, values[0].reshape(-1, H.shape[-1])).reshape(
+            *H.shape[:-1], -1)
+    if name == "Conv2d":
+        windows = ref_windows(H, op.kernel_size, op.stride, op.padding, 0.0)
+        n, _, rows, cols = windows.shape[:4]
+        out = ref_layer(op.layer, ref_patches(windows).astype(np.float32))  # (n·Ho·Wo, out)
+        return out.reshape(n, rows, cols, -1).transpose(0, 3, 1, 2)
+    if name == "BatchNorm":
+        channels = (-1,) + (1,) * (H.ndim - 2)
+        return H * op.scale.reshape(channels) + op.shift.reshape(channels)
+    if name == "ReLU":
+        return np.where(H > 0, H, 0.0)
+    if name == "GELU":
+        return _ref_gelu(H, op.approximate)
+    if name == "MaxPool2d":
+        return ref_windows(H, op.kernel_size, op.stride, op.padding, -np.inf).max(axis=(4, 5))
+    if name == "AvgPool2d":
+        return ref_windows(H, op.kernel_size, op.stride, op.padding, 0.0).mean(axis=(4, 5))
+    if name == "Flatten":
+        return H.reshape(len(H), -1)
+    if name in ("Softmax", "LogSoftmax"):
+        Z = H - H.max(axis=-1, keepdims=True)
+        log_total = np.log(np.exp(Z).sum(axis=-1, keepdims=True))
+        return Z - log_total if name == "LogSoftmax" else np.exp(Z - log_total)
+    if name in ("Add", "Mul"):
+        other = op.constant.astype(np.float64) if op.constant is not None \
+            else values[1].astype(np.float64)
+        return H + other if name == "Add" else H * other
+    if name == "Concat":
+        axis = op.axis + 1 if op.axis >= 0 else op.axis
+        return np.concatenate([v.astype(np.float64) for v in values], axis=axis)
+    if name == "Embedding":
+        return op.table.astype(np.float64)[H]
+    if name == "Identity":
+        return H
+    raise NotImplementedError(f"no oracle for op {name}")
+
+
+def network_forward(net, X):
+    """The output of a Network for X (an array, or {input name: array}), node by node from
+    the ops' fields (:func:`ref_op`), each value rounded to float32 as the Network holds it.
+    Only the nodes the output needs are evaluated."""
+    values = dict(X) if isinstance(X, dict) else {next(iter(net.inputs)): X}
+    values = {name: np.asarray(v, np.int64 if net.inputs[name].dtype == "int64"
+                               else np.float32) for name, v in values.items()}
+    needed, stack = set(), [net.output]
+    by_name = {node.name: node for node in net.nodes}
+    while stack:
+        name = stack.pop()
+        if name in by_name and name not in needed:
+            needed.add(name)
+            stack.extend(by_name[name].inputs)
+    for node in net.nodes:
+        if node.name in needed:
+            out = ref_op(node.op, [values[source] for source in node.inputs])
+            values[node.name] = out.astype(np.float32)
+    return values[net.output]

@@ -171,35 +171,38 @@ def test_warmup_compiles_every_kernel_the_dispatch_layer_can_pick():
 
 _INFERENCE_WITHOUT_TORCH = """
 import sys
+import tempfile
 import numpy as np
 import lutengine as le
 from lutengine import cli, datasets, nn
-from lutengine import network as nw
 from lutengine.experiments import REGISTRY
 X, y = datasets.load_digits()[:2]
 net = nn.MLP.train(X, y, [16], epochs=1, progress=False)
-replaced = nn.replace_layers(net, X, y, 4, progress=False)
+replaced = nn.replace_layers(net, X, y, 4, finetune=False, progress=False)
 replaced.predict(X)
-replaced.to_network().forward(X)
 le.LutMatmul(4, progress=False).fit(X, net.layers[0].W).predict(X)
 images = X.reshape(-1, 1, 8, 8)
-conv = nw.Conv2d(nn.Dense(np.ones((9, 3)), np.zeros(3)), 1, 3, padding=1)
-cnn = nw.Network([conv, nw.ReLU(), nw.MaxPool2d(2), nw.Flatten(),
-                  nw.Linear(nn.Dense(np.ones((48, 10)), np.zeros(10)))], (1, 8, 8))
-nn.replace_layers(cnn, images, y, 4, progress=False).predict(images)
+conv = nn.Conv2d(nn.Dense(np.ones((9, 3)), np.zeros(3)), 1, 3, padding=1)
+cnn = nn.Network([conv, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                  nn.Linear(nn.Dense(np.ones((48, 10)), np.zeros(10)))], (1, 8, 8))
+cnn = nn.replace_layers(cnn, images, y, 4, finetune=False, progress=False)
+with tempfile.TemporaryDirectory() as folder:
+    cnn.save(folder + "/cnn.npz")
+    le.load(folder + "/cnn.npz").predict(images)
 print(sorted(name for name in sys.modules if name.split(".")[0] == "torch"))
 """
 
-#: the modules that may import torch, inside functions only (importers, experiments that
-#: train or time a PyTorch model, and their shared torch_threads); learned.py is the one that imports it at the top and is
-#: itself imported only by nn.learn_luts
-TORCH_IMPORTERS = {"importers.py", "learned.py", "cifar10_cnn.py", "mlp_runtime.py",
+#: the modules that may import torch, inside functions only (the op table's torch forms,
+#: importers, experiments that train or time a PyTorch model, and their shared
+#: torch_threads); learned.py is the one that imports it at the top and is itself imported
+#: only by nn.learn_luts and nn.replace_layers' fine-tuning
+TORCH_IMPORTERS = {"ops.py", "importers.py", "learned.py", "cifar10_cnn.py", "mlp_runtime.py",
                    "_common.py"}
 
 
 def test_inference_never_imports_torch():
-    """Fitting, replacing and predicting MLPs and CNNs (and the command line's imports) run
-    without torch: only the modules of :data:`TORCH_IMPORTERS` use it, and only when
+    """Fitting, replacing (without fine-tuning), saving, loading and predicting MLPs and CNNs
+    (and the command line's imports) run without torch: only the modules of :data:`TORCH_IMPORTERS` use it, and only when
     called."""
     done = subprocess.run([sys.executable, "-c", _INFERENCE_WITHOUT_TORCH], capture_output=True,
                           text=True, timeout=600, check=True)

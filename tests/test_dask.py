@@ -95,6 +95,26 @@ def test_topk_linear_through_dask_equals_the_local_layer(client):
     np.testing.assert_array_equal(client.compute(Y).result(), want)
 
 
+def test_a_lut_network_through_dask_equals_its_forward(client):
+    """A Network of lookup-table layers (the fused chain: whole rows in integers) over the
+    workers gives its local forward bit for bit; networks of other shapes are refused."""
+    from lutengine import nn
+
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((3000, D)).astype(np.float32)
+    y = rng.integers(0, 3, 3000)
+    exact = nn.MLP([nn.Dense(rng.standard_normal((D, 12)), np.zeros(12)),
+                    nn.Dense(rng.standard_normal((12, 3)), np.zeros(3))])
+    net = nn.replace_layers(exact, A, y, 4, finetune=False, progress=False)
+    X = da.from_array(A, chunks=(700, D))
+    Y = led.predict_dask(net, X, client=client)
+    assert Y.dtype == np.float32 and Y.shape == (3000, 3)
+    np.testing.assert_array_equal(client.compute(Y).result(), net.forward(A))
+    images = nn.Network([nn.Flatten()], (1, 2, 2))
+    with pytest.raises(TypeError, match=r"must map \(n, features\) float32 rows"):
+        led.predict_dask(images, X, client=client)
+
+
 def test_predict_finds_the_current_client(client, estimator):
     A = da.random.default_rng(4).standard_normal((5000, D), chunks=(1000, D), dtype=np.float32)
     before = _held_keys(client)

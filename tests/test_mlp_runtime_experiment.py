@@ -116,7 +116,7 @@ def test_onnx_and_torch_twins_compute_the_mlp(tmp_path):
     path = tmp_path / "mlp.onnx"
     onnx.save(mlp_runtime.onnx_model(layers), str(path))
     session = mlp_runtime.ort_session(path)
-    expected = mlp.predict_proba(X)
+    expected = mlp.forward(X)
     np.testing.assert_allclose(session.run(None, {"x": X})[0], expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(nn.from_onnx(path).forward(X), expected, rtol=1e-4, atol=1e-6)
     with torch.no_grad():

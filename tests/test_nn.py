@@ -94,7 +94,8 @@ def test_from_sklearn_predicts_as_sklearn(digits):
     clf = MLPClassifier((16, 8), max_iter=30, random_state=0).fit(Xtr, labels)
     net = nn.MLP.from_sklearn(clf)
     assert len(net.layers) == 3
-    np.testing.assert_allclose(net.predict_proba(Xte), clf.predict_proba(Xte), atol=1e-5)
+    assert isinstance(net, nn.Network)
+    np.testing.assert_allclose(net.forward(Xte), clf.predict_proba(Xte), atol=1e-5)
     assert np.array_equal(net.predict(Xte), clf.predict(Xte))
     assert net.score(Xte, clf.predict(Xte)) == 1.0
 
@@ -109,15 +110,29 @@ def test_from_sklearn_rejects_other_networks(digits):
         nn.MLP.from_sklearn(MLPClassifier())
 
 
-def test_activations_follow_the_layers(digits_net, digits):
+def _inputs_of(net, X, i):
+    """What weight layer i of net receives for X."""
+    return net.forward(X, output=net.layer_nodes[i].inputs[0])
+
+
+def _logits(net, X):
+    return net.forward(X, output=net.node(net.output).inputs[0])
+
+
+def test_an_mlp_is_a_chain_network_whose_values_follow_the_layers(digits_net, digits):
     X = digits[2][:20]
+    assert [type(op).__name__ for op in digits_net.ops] == [
+        "Linear", "ReLU", "Linear", "ReLU", "Linear", "Softmax"]
     (W1, b1), (W2, b2), (W3, b3) = ((layer.W, layer.b) for layer in digits_net.layers)
     H1 = np.maximum(X @ W1 + b1, 0)
-    np.testing.assert_allclose(digits_net.activations(X, 1), H1, rtol=1e-6)
+    np.testing.assert_allclose(_inputs_of(digits_net, X, 1), H1, rtol=1e-6)
     H2 = np.maximum(H1 @ W2 + b2, 0)
-    np.testing.assert_allclose(digits_net.decision_function(X), H2 @ W3 + b3, rtol=1e-5,
-                               atol=1e-5)
-    with pytest.raises(ValueError, match="X has 10 columns, but the estimator was fitted with 64"):
+    logits = H2 @ W3 + b3
+    np.testing.assert_allclose(_logits(digits_net, X), logits, rtol=1e-5, atol=1e-5)
+    P = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(digits_net.forward(X), P / P.sum(1, keepdims=True), rtol=1e-5,
+                               atol=1e-7)
+    with pytest.raises(ValueError, match=r"X must have shape \(n, 64\), got \(20, 10\)"):
         digits_net.predict(X[:, :10])
 
 
@@ -130,11 +145,12 @@ def test_replacing_one_layer_without_finetuning(digits_net, digits):
     assert isinstance(new.layers[1], le.LutMatmul) and new.layers[1].ncodebooks == 4
     assert np.array_equal(new.layers[0].W, before[0]) and np.array_equal(new.layers[2].W, before[2])
     # layer 1 is MADDNESS fitted on what it receives
-    H = digits_net.activations(Xtr, 1)
+    H = _inputs_of(digits_net, Xtr, 1)
     ref = le.LutMatmul(4, progress=False).fit(H, before[1], bias=digits_net.layers[1].b)
     np.testing.assert_array_equal(new.layers[1].predict(H), ref.predict(H))
-    np.testing.assert_array_equal(new.decision_function(Xtr),
-                                  nn.relu(ref.predict(H)) @ before[2] + digits_net.layers[2].b)
+    np.testing.assert_allclose(_logits(new, Xtr),
+                               nn.relu(ref.predict(H)) @ before[2] + digits_net.layers[2].b,
+                               rtol=1e-6, atol=1e-5)
 
 
 def test_finetuning_recovers_accuracy_on_the_training_data(digits_net, digits):
@@ -154,10 +170,10 @@ def test_replacing_every_layer(digits_net, digits):
     assert [type(layer) for layer in new.layers] == [le.LutMatmul] * 3
     assert [layer.ncodebooks for layer in new.layers] == [8, 4, 4]
     # the last layer was fitted on the activations of the two replaced layers before it
-    H = new.activations(Xtr, 2)
+    H = _inputs_of(new, Xtr, 2)
     ref = le.LutMatmul(4, progress=False).fit(H, digits_net.layers[2].W,
                                               bias=digits_net.layers[2].b)
-    np.testing.assert_array_equal(new.decision_function(Xtr), ref.predict(H))
+    np.testing.assert_array_equal(_logits(new, Xtr), ref.predict(H))
     assert new.score(Xte, yte) > 0.3  # far above chance (0.1) with 16 codebooks in all
 
 
@@ -165,7 +181,7 @@ def test_replacing_every_layer(digits_net, digits):
     ({"layers": [3]}, "layers must be indices in 0..2"),
     ({"layers": []}, "layers must be indices"),
     ({"y_train": np.full(1437, 11)}, "y_train must hold 1437 labels"),
-    ({"X_train": np.zeros((5, 3))}, "X_train has 3 columns, but the estimator was fitted with 64"),
+    ({"X_train": np.zeros((5, 3))}, r"X_train must have shape \(n, 64\), got \(5, 3\)"),
 ])
 def test_replace_layers_rejects_bad_input(digits_net, digits, kwargs, match):
     args = {"X_train": digits[0], "y_train": digits[1], **kwargs}

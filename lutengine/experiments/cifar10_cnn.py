@@ -55,7 +55,8 @@ EPOCHS = 6
 NCODEBOOKS = (8, 16, 32, 64)
 
 #: training images the lookup-table layers are fitted on (replace_layers; each fit and
-#: fine-tuning pass runs the partly replaced network over all of them)
+#: fine-tuning pass runs the partly replaced network over all of them, and each layer is
+#: fitted on at most nn.FIT_ROWS of their rows or patches, drawn uniformly)
 FIT_ROWS = 5_000
 
 #: learn_luts on a CNN is slow (on 2 cores, with 5 000 images and its default 20 000
@@ -286,9 +287,9 @@ def run(ncodebooks=NCODEBOOKS, epochs=EPOCHS, methods=("replace_layers", "learne
     net_scores = net.forward(Xte)
     exact_accuracy = _common.accuracy(net_scores, yte)  # net.score(Xte, yte), one forward
     inputs = layer_inputs(model)
-    if len(inputs) != len(net.layer_indices):
+    if len(inputs) != len(net.layers):
         raise RuntimeError(f"the CNN has {len(inputs)} weight layers, its import "
-                           f"{len(net.layer_indices)}")
+                           f"{len(net.layers)}")
 
     session, input_name = ort_session(model, Xtr[:2])
     ort_scores = session.run(None, {input_name: Xte[:1000]})[0]
@@ -371,7 +372,7 @@ def run(ncodebooks=NCODEBOOKS, epochs=EPOCHS, methods=("replace_layers", "learne
                                                              - torch_scores[:1000])))},
         "ncodebooks_per_layer": {str(C): v for C, v in per_layer.items()},
         "replace_layers": {"fit_rows": int(len(X_fit)),
-                           "fit_rows_per_layer": getattr(nn, "FIT_ROWS", None),
+                           "fit_rows_per_layer": nn.FIT_ROWS,
                            "finetune": nn.FINETUNE},
         "learn_luts": {"rows": int(len(X_lut)), "epochs": lut_epochs,
                        "calibration_rows": lut_calibration_rows,

@@ -96,15 +96,15 @@ def run(dataset="mnist", networks=tuple(NETS), ncodebooks=None, seeds=3, epochs=
                              progress=progress)
         exact_seconds = time.perf_counter() - start
         exact_accuracy = exact.score(Xte, yte)
-        exact_ms = 1e3 * _common.best_seconds(lambda: exact.decision_function(X_time))
+        exact_ms = 1e3 * _common.best_seconds(lambda: exact.forward(X_time))
         name = "x".join(map(str, [Xtr.shape[1], *hidden, len(exact.classes)]))
         nets.append({"network": name, "exact_accuracy": exact_accuracy,
                      "exact_forward_ms": exact_ms, "train_seconds": exact_seconds})
 
         def row(method, C, replaced, seconds):
             accs = [r.score(Xte, yte) for r in replaced]
-            forward = _common.time_pair(lambda: replaced[0].decision_function(X_time),
-                                        lambda: exact.decision_function(X_time))
+            forward = _common.time_pair(lambda: replaced[0].forward(X_time),
+                                        lambda: exact.forward(X_time))
             return {"network": name, "method": method, "ncodebooks": int(C),
                     "accuracy": float(np.mean(accs)), "accuracy_std": float(np.std(accs)),
                     "seeds": accs, "relative_accuracy": float(np.mean(accs)) / exact_accuracy,
