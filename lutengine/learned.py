@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from . import _dispatch, ops
 from .matmul import LutMatmul
-from .nn import FIT_ROWS, _labelled, layers_and_codebooks, sampled_rows
+from .nn import FIT_ROWS, _labelled, layer_rows, layers_and_codebooks
 from ._validation import check_choice, check_int
 
 #: training defaults (Adam, cosine decay, straight-through soft trees)
@@ -359,15 +359,6 @@ def finetune(net, X, y, trainable, settings, rng, progress):
     return net.with_layers({i: exported[i] for i in trainable})
 
 
-def _calibration(model, net, X, node, fit_rows, rng):
-    """The rows the layer of ``node`` is fitted and calibrated on: at most ``fit_rows`` of
-    the rows it multiplies for X, from ``model``'s hard forward."""
-    blocks = (node.op.rows(H) for H in model.values(X, node.inputs[0]))
-    n = len(next(iter(X.values())))
-    return sampled_rows(blocks, n * node.op.rows_per_example(net.shapes[node.name]), fit_rows,
-                        rng)
-
-
 def learn_luts(net, X_train, y_train, ncodebooks, *, layers=None, epochs=None, distill=True,
                schedule="joint", partition="contiguous", learn_thresholds=True,
                learn_tables=True, settings=None, fit_rows=FIT_ROWS, random_state=0,
@@ -396,7 +387,8 @@ def learn_luts(net, X_train, y_train, ncodebooks, *, layers=None, epochs=None, d
     for i, C, stage in zip(tqdm(targets, desc="learn LUT layers", disable=not progress),
                            counts, stage_epochs):
         node = net.layer_nodes[i]
-        A = _calibration(model, net, calibration, node, fit_rows, rng)
+        A = layer_rows(net, node, model.values(calibration, node.inputs[0]),
+                       len(order), fit_rows, rng)
         exact = model.products[node.name].export()
         fitted = LutMatmul(C, partition=partition, random_state=random_state,
                            progress=False).fit(A, exact.W, bias=exact.b)

@@ -234,13 +234,15 @@ def _activation_after(net, node, objective):
     return None
 
 
-def sampled_rows(blocks, total, fit_rows, rng):
-    """At most ``fit_rows`` of the ``total`` rows that ``blocks`` (an iterable of row blocks,
-    in order) yield, drawn uniformly without replacement, in order; all when there are no
-    more. Only the blocks' chosen rows are kept."""
+def layer_rows(net, node, inputs, n, fit_rows, rng):
+    """At most ``fit_rows`` of the rows the layer of ``node`` multiplies (its input rows, or
+    a Conv2d's patches) for ``n`` examples, drawn uniformly without replacement, in order;
+    all when there are no more. ``inputs`` yields what the node receives, in blocks of
+    examples, in order; only each block's chosen rows are kept."""
+    total = n * node.op.rows_per_example(net.shapes[node.name])
     chosen = None if total <= fit_rows else np.sort(rng.choice(total, fit_rows, replace=False))
     kept, start = [], 0
-    for rows in blocks:
+    for rows in map(node.op.rows, inputs):
         if chosen is None:
             kept.append(rows)
         else:
@@ -248,18 +250,6 @@ def sampled_rows(blocks, total, fit_rows, rng):
             kept.append(rows[pick - start])
         start += len(rows)
     return np.ascontiguousarray(np.concatenate(kept), dtype=np.float32)
-
-
-def _fit_rows(net, X, node, fit_rows, rng):
-    """At most ``fit_rows`` of the rows ``node``'s layer multiplies for the examples X (its
-    inputs, or patches for a Conv2d), computed in chunks of examples."""
-    n = len(next(iter(X.values())))
-    step = net._chunk_rows
-    blocks = (node.op.rows(net.forward({k: v[i:i + step] for k, v in X.items()},
-                                       output=node.inputs[0]))
-              for i in range(0, n, step))
-    return sampled_rows(blocks, n * node.op.rows_per_example(net.shapes[node.name]), fit_rows,
-                        rng)
 
 
 def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="contiguous",
@@ -297,7 +287,10 @@ def replace_layers(net, X_train, y_train, ncodebooks, layers=None, partition="co
         fitted = LutMatmul(C, partition=partition, lut_objective=objective,
                            activation=_activation_after(net, node, objective),
                            random_state=random_state, progress=False)
-        fitted.fit(_fit_rows(net, X, node, fit_rows, rng), node.op.layer.W,
+        n, step = len(y), net._chunk_rows
+        inputs = (net.forward({k: v[s:s + step] for k, v in X.items()}, output=node.inputs[0])
+                  for s in range(0, n, step))  # what the layer receives, chunk by chunk
+        fitted.fit(layer_rows(net, node, inputs, n, fit_rows, rng), node.op.layer.W,
                    bias=node.op.layer.b)
         net = net.with_layers({i: fitted})
         if learned is not None and i < last:
